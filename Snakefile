@@ -1,0 +1,37 @@
+# MHSA-Net reproducibility harness: config.yaml -> synthetic data / real-root checks -> one
+# training job per deduplicated cell -> the paper's tables and figures (+ HTML report).
+#
+#   snakemake --profile workflow/profiles/local tables                      # demo preset
+#   snakemake --profile workflow/profiles/local tables --config preset=paper
+#   snakemake --report results/report.html                                  # after a run
+#
+# See docs/workflow.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+onstart:
+    check_real_data()
+
+
+rule all:
+    default_target: True
+    input:
+        rules.tables.output,

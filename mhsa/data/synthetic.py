@@ -1,0 +1,481 @@
+"""Procedural stand-ins for the seven Re-ID benchmarks, written in their real folder layouts.
+
+No real data set can be downloaded in CI, so ``generate(root, layout)`` draws small pedestrian images
+that the real parsers (``mhsa.data.datasets``) read unchanged. Design (details in docs/data.md):
+
+* identity = attributes drawn from a numpy Generator keyed by ``(seed, role, index)``: shirt and
+  trouser colours, shirt pattern (plain / stripes / checked), skin and hair colour, build, sleeves,
+  and accessories (hat, bag, backpack). The key does not include the layout, so ``market1501`` and
+  ``occluded_duke`` generated with the same seed show the same people (a controlled comparison).
+* image = identity seen by a camera: per-camera background texture and colour, per-camera colour
+  gain (illumination), plus per-image pose (stride, arm swing), mirror, slight shear, scale and
+  position jitter, clutter, sensor noise.
+* variants: ``holistic``; ``occluded`` (query always, some train/gallery images: a car, pole, wall,
+  blob or another synthetic person covers 20-50 % of the body); ``partial`` (query = the top or left
+  40-70 % of the body, resized to the full image size).
+
+Everything is derived from numpy Generators seeded by integer tuples, never from the clock or
+``hash()``, so the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from .datasets import load, names
+
+VARIANTS = ("holistic", "occluded", "partial")
+# layout -> (default variant, default number of cameras of the real data set)
+LAYOUTS = {
+    "market1501": ("holistic", 6),
+    "dukemtmc": ("holistic", 8),
+    "cuhk03_detected": ("holistic", 2),
+    "cuhk03_labeled": ("holistic", 2),
+    "occluded_duke": ("occluded", 8),
+    "p_dukemtmc": ("occluded", 8),
+    "partial_reid": ("partial", 2),
+    "partial_ilids": ("partial", 2),
+}
+# Roles key the identity RNG; train and test people never share a key, so the id sets are disjoint.
+TRAIN, TEST, DISTRACTOR, OCCLUDER = 1, 2, 3, 4
+# Fraction of non-query images that are occluded in the occluded variant (Occluded-Duke has ~10 %
+# occluded gallery images and some occluded train images; P-DukeMTMC-reID ~20 % occluded train).
+OCCLUDED_TRAIN_FRACTION = 0.2
+OCCLUDED_GALLERY_FRACTION = 0.1
+MARKER = ".complete"
+SKIN = [(241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 56, 31)]
+HAIR = [(20, 16, 14), (70, 45, 25), (120, 80, 40), (200, 170, 110), (150, 150, 150), (140, 50, 30)]
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
+
+
+def _colour(
+    rng: np.random.Generator, v_lo: float = 0.2, v_hi: float = 1.0, s_lo: float = 0.25, s_hi: float = 1.0
+) -> tuple[int, int, int]:
+    h, s, v = rng.random(), rng.uniform(s_lo, s_hi), rng.uniform(v_lo, v_hi)
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+@dataclass(frozen=True)
+class Person:
+    """Appearance attributes fixed per identity."""
+
+    shirt: tuple
+    shirt2: tuple  # second colour of stripes / checks
+    pattern: str  # plain | stripes | checked
+    period: float  # pattern period, fraction of the person height
+    trousers: tuple
+    shoes: tuple
+    skin: tuple
+    hair: tuple
+    long_sleeves: bool
+    build: float  # width / height ratio of the body
+    hat: tuple | None
+    bag: tuple | None
+    backpack: tuple | None
+
+
+def _person(seed: int, role: int, index: int) -> Person:
+    rng = _rng(seed, 11, role, index)
+    return Person(
+        shirt=_colour(rng),
+        shirt2=_colour(rng),
+        pattern=str(rng.choice(["plain", "stripes", "checked"], p=[0.5, 0.3, 0.2])),
+        period=float(rng.uniform(0.04, 0.08)),
+        trousers=_colour(rng, 0.1, 0.8),
+        shoes=_colour(rng, 0.05, 0.5),
+        skin=SKIN[rng.integers(len(SKIN))],
+        hair=HAIR[rng.integers(len(HAIR))],
+        long_sleeves=bool(rng.random() < 0.5),
+        build=float(rng.uniform(0.30, 0.44)),
+        hat=_colour(rng) if rng.random() < 0.25 else None,
+        bag=_colour(rng) if rng.random() < 0.3 else None,
+        backpack=_colour(rng, 0.1, 0.7) if rng.random() < 0.3 else None,
+    )
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Scene and sensor of one camera: background texture/colours, colour gain, typical shear."""
+
+    texture: int
+    bg1: tuple
+    bg2: tuple
+    period: int
+    gain: tuple
+    shear: float
+    noise: float
+
+
+def _camera(seed: int, cam: int) -> Camera:
+    rng = _rng(seed, 13, cam)
+    return Camera(
+        texture=int(rng.integers(4)),
+        # Muted scenes (streets, walls, floors) so that clothes, not the camera, dominate the colours.
+        bg1=_colour(rng, 0.3, 0.9, 0.0, 0.3),
+        bg2=_colour(rng, 0.2, 0.8, 0.0, 0.3),
+        period=int(rng.integers(4, 12)),
+        gain=tuple(float(g) for g in rng.uniform(0.85, 1.15, size=3)),
+        shear=float(rng.uniform(-0.12, 0.12)),
+        noise=float(rng.uniform(2.0, 8.0)),
+    )
+
+
+def _background(cam: Camera, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    phase = int(rng.integers(cam.period * 2))
+    if cam.texture == 0:  # vertical gradient (open street)
+        t = (y / max(h - 1, 1))[..., None]
+    elif cam.texture == 1:  # horizontal bands (pavement)
+        t = (((y + phase) // cam.period) % 2)[..., None] * 0.6
+    elif cam.texture == 2:  # vertical bands (building facade)
+        t = (((x + phase) // cam.period) % 2)[..., None] * 0.6
+    else:  # tiles
+        t = ((((x + phase) // cam.period) + (y // cam.period)) % 2)[..., None] * 0.5
+    img = ((1 - t) * np.array(cam.bg1, float) + t * np.array(cam.bg2, float)) * rng.uniform(0.8, 1.2)
+    for _ in range(int(rng.integers(0, 3))):  # clutter: signs, doors, parked things
+        x0, y0 = int(rng.integers(w)), int(rng.integers(h))
+        dy, dx = int(rng.integers(4, h // 3)), int(rng.integers(4, w // 2))
+        img[y0 : y0 + dy, x0 : x0 + dx] = _colour(rng, 0.2, 0.9)
+    return img
+
+
+def _draw_person(p: Person, rng: np.random.Generator, h: int, w: int, box) -> Image.Image:
+    """The person on a transparent layer; ``box`` = (x0, y0, width, height) of the body."""
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    x0, y0, bw, bh = box
+    cx = x0 + bw / 2
+
+    def jit(c):  # per-image colour jitter: same clothes, slightly different look
+        return tuple(int(np.clip(v * rng.uniform(0.92, 1.08), 0, 255)) for v in c) + (255,)
+
+    def rect(xa, ya, xb, yb, colour):
+        d.rectangle([x0 + xa * bw, y0 + ya * bh, x0 + xb * bw, y0 + yb * bh], fill=colour)
+
+    stride, swing = rng.uniform(-0.12, 0.12), rng.uniform(-0.05, 0.05)
+    if p.backpack:  # behind the torso: shows as bands on both sides
+        rect(0.02, 0.17, 0.98, 0.47, jit(p.backpack))
+    # legs and shoes
+    rect(0.22 + stride, 0.52, 0.48 + stride, 0.95, jit(p.trousers))
+    rect(0.52 - stride, 0.52, 0.78 - stride, 0.95, jit(p.trousers))
+    rect(0.18 + stride, 0.94, 0.48 + stride, 1.0, jit(p.shoes))
+    rect(0.52 - stride, 0.94, 0.82 - stride, 1.0, jit(p.shoes))
+    # arms: sleeves in the shirt colour, hands in skin colour
+    sleeve = jit(p.shirt)
+    for side, s in ((0.0, swing), (0.84, -swing)):
+        rect(side, 0.16 + s, side + 0.16, 0.30 + s, sleeve)
+        rect(side, 0.30 + s, side + 0.16, 0.46 + s, sleeve if p.long_sleeves else jit(p.skin))
+        rect(side, 0.46 + s, side + 0.16, 0.50 + s, jit(p.skin))
+    # torso with its pattern
+    rect(0.14, 0.15, 0.86, 0.54, jit(p.shirt))
+    if p.pattern != "plain":
+        c2, n = jit(p.shirt2), max(2, int(0.39 / p.period))
+        for i in range(0, n, 2):
+            rect(0.14, 0.15 + i * 0.39 / n, 0.86, 0.15 + (i + 1) * 0.39 / n, c2)
+        if p.pattern == "checked":
+            m = max(2, int(0.72 / (p.period * 2)))
+            for i in range(1, m, 2):
+                rect(0.14 + i * 0.72 / m, 0.15, 0.14 + (i + 1) * 0.72 / m, 0.54, jit(p.shirt))
+    # head, hair, hat
+    hw, hh = 0.44 * bw, 0.14 * bh
+    d.ellipse([cx - hw / 2, y0 + 0.01 * bh, cx + hw / 2, y0 + 0.01 * bh + hh], fill=jit(p.skin))
+    d.chord([cx - hw / 2, y0, cx + hw / 2, y0 + hh], 180, 360, fill=jit(p.hair))
+    if p.hat:
+        rect(0.22, -0.01, 0.78, 0.05, jit(p.hat))
+    if p.bag:  # shoulder bag on the right side with a strap across the torso
+        rect(0.80, 0.38, 1.04, 0.56, jit(p.bag))
+        d.line([x0 + 0.2 * bw, y0 + 0.16 * bh, x0 + 0.9 * bw, y0 + 0.4 * bh], fill=jit(p.bag), width=2)
+    return layer
+
+
+def _body_box(rng: np.random.Generator, p: Person, h: int, w: int):
+    bh = h * rng.uniform(0.78, 0.96)
+    bw = min(bh * p.build * rng.uniform(0.92, 1.08), w * 0.95)
+    x0 = (w - bw) / 2 + rng.uniform(-0.08, 0.08) * w
+    y0 = rng.uniform(0.01, max(h - bh - 1, 0.02))
+    return x0, y0, bw, bh
+
+
+def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int) -> None:
+    """Cover 20-50 % of the body with a car, pole/wall, blob or another synthetic person."""
+    x0, y0, bw, bh = box
+    frac = rng.uniform(0.2, 0.5)
+    kind = int(rng.integers(4))
+    d = ImageDraw.Draw(img)
+    colour = _colour(rng, 0.15, 0.95)
+    if kind == 0:  # car / bench / bike in front of the legs: bottom band
+        top = y0 + bh * (1 - frac)
+        d.rounded_rectangle([x0 - bw * 0.6, top, x0 + bw * 1.6, img.height + 4], radius=4, fill=colour)
+        window = _colour(rng, 0.1, 0.5)
+        d.rectangle([x0 - bw * 0.3, top + 2, x0 + bw * 1.3, top + bh * frac * 0.35], fill=window)
+    elif kind == 1:  # pole, tree or wall edge: vertical band from one side
+        if rng.random() < 0.5:
+            d.rectangle([-1, 0, x0 + bw * frac, img.height], fill=colour)
+        else:
+            d.rectangle([x0 + bw * (1 - frac), 0, img.width + 1, img.height], fill=colour)
+    elif kind == 2:  # blob (umbrella, plant, sign) over the torso or legs
+        r = np.sqrt(frac * bw * bh / np.pi)
+        cy = y0 + bh * rng.uniform(0.3, 0.75)
+        cx = x0 + bw * rng.uniform(0.2, 0.8)
+        d.ellipse([cx - r * 1.2, cy - r / 1.2, cx + r * 1.2, cy + r / 1.2], fill=colour)
+    else:  # another pedestrian walking past, shifted sideways so that ``frac`` of the body is hidden
+        other = _person(seed, OCCLUDER, int(rng.integers(1 << 30)))
+        shift = bw * (1 - frac) * (1 if rng.random() < 0.5 else -1)
+        layer = _draw_person(other, rng, img.height, img.width, (x0 + shift, y0 + bh * 0.03, bw, bh))
+        img.alpha_composite(layer)
+
+
+def render(
+    person: Person, camera: Camera, rng: np.random.Generator, height: int, width: int,
+    occluded: bool = False, partial: bool = False, seed: int = 0,
+) -> Image.Image:
+    """One RGB image of ``person`` seen by ``camera``; all per-image randomness comes from ``rng``."""
+    img = Image.fromarray(_background(camera, rng, height, width).astype(np.uint8)).convert("RGBA")
+    box = _body_box(rng, person, height, width)
+    layer = _draw_person(person, rng, height, width, box)
+    shear = camera.shear + rng.uniform(-0.05, 0.05)
+    affine = (1, shear, -shear * height / 2, 0, 1, 0)
+    layer = layer.transform(layer.size, Image.AFFINE, affine, Image.BILINEAR)
+    if rng.random() < 0.5:  # viewpoint: seen from the other side
+        layer = ImageOps.mirror(layer)
+        box = (width - box[0] - box[2], box[1], box[2], box[3])
+    img.alpha_composite(layer)
+    if occluded:
+        _occlude(img, box, rng, seed)
+    img = img.convert("RGB")
+    if partial:  # keep the top or left 40-70 % of the body, resized like Partial-REID probes
+        x0, y0, bw, bh = box
+        f = rng.uniform(0.4, 0.7)
+        if rng.random() < 0.5:
+            crop = (max(0, x0 - 2), max(0, y0 - 2), min(width, x0 + bw + 2), y0 + f * bh)
+        else:
+            crop = (max(0, x0 - 2), max(0, y0 - 2), x0 + f * bw, min(height, y0 + bh + 2))
+        img = img.crop(tuple(int(round(c)) for c in crop)).resize((width, height), Image.BILINEAR)
+    arr = np.asarray(img, dtype=float) * np.array(camera.gain) * rng.uniform(0.85, 1.15)
+    arr += rng.normal(0.0, camera.noise, size=arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@dataclass
+class _Shot:
+    """One image to write: relative path, who, which camera, how it is degraded."""
+
+    rel: str
+    role: int
+    index: int
+    cam: int
+    occluded: bool = False
+    partial: bool = False
+
+
+def _id_cameras(rng: np.random.Generator, n_images: int, num_cams: int) -> list[int]:
+    """Cameras of one identity's images: >= 3 cameras where possible so that 2 can be used as query."""
+    k = min(num_cams, max(2, int(rng.integers(3, num_cams + 1)) if num_cams >= 3 else 2), n_images)
+    used = rng.choice(num_cams, size=k, replace=False)
+    cams = list(used) + list(rng.choice(used, size=n_images - k))
+    return [int(c) for c in rng.permutation(cams)]
+
+
+def _market_style_plan(layout, variant, seed, num_ids, images_per_id, num_cams, rng) -> list[_Shot]:
+    ext = ".png" if layout.startswith("cuhk03") else ".jpg"
+
+    def name(pid, cam, n):
+        if layout == "market1501":
+            tag = f"{pid:04d}" if pid >= 0 else "-1"  # junk is written "-1_c1s1_...", as in the release
+            return f"{tag}_c{cam + 1}s1_{n:06d}_00{ext}"
+        if layout.startswith("cuhk03"):
+            return f"{pid:04d}_c{cam + 1}_{n}{ext}"
+        return f"{pid:04d}_c{cam + 1}_f{n:07d}{ext}"
+
+    occ = variant == "occluded"
+    shots = []
+    # Non-contiguous original ids (as in the real sets) so that relabelling is exercised.
+    for i in range(num_ids):
+        pid = 2 * i + 2
+        for n, cam in enumerate(_id_cameras(rng, images_per_id, num_cams)):
+            shots.append(_Shot(f"bounding_box_train/{name(pid, cam, n)}", TRAIN, i, cam,
+                               occluded=occ and rng.random() < OCCLUDED_TRAIN_FRACTION))
+    for i in range(num_ids):
+        pid = 2 * i + 3
+        cams = _id_cameras(rng, images_per_id, num_cams)
+        query_cams = list(dict.fromkeys(cams))[: min(2, len(set(cams)) - 1)]
+        for n, cam in enumerate(cams):
+            if cam in query_cams:  # the first image from each query camera is a query
+                query_cams.remove(cam)
+                shots.append(_Shot(f"query/{name(pid, cam, n)}", TEST, i, cam,
+                                   occluded=occ, partial=variant == "partial"))
+            else:
+                shots.append(_Shot(f"bounding_box_test/{name(pid, cam, n)}", TEST, i, cam,
+                                   occluded=occ and rng.random() < OCCLUDED_GALLERY_FRACTION))
+    if not layout.startswith("cuhk03"):  # Market: pid 0 distractors; Duke: gallery-only ids
+        for j in range(max(1, num_ids // 4)):
+            pid = 0 if layout == "market1501" else 2 * num_ids + 2 + j
+            cam = int(rng.integers(num_cams))
+            shots.append(_Shot(f"bounding_box_test/{name(pid, cam, 900 + j)}", DISTRACTOR, j, cam))
+    if layout == "market1501":  # junk boxes (pid -1): background-heavy bad detections
+        for j in range(max(1, num_ids // 8)):
+            cam = int(rng.integers(num_cams))
+            shots.append(_Shot(f"bounding_box_test/{name(-1, cam, 950 + j)}", DISTRACTOR, 10_000 + j, cam,
+                               partial=True))
+    return shots
+
+
+def _p_duke_plan(variant, seed, num_ids, images_per_id, num_cams, rng) -> list[_Shot]:
+    def name(split, kind, pid, cam, n):
+        return f"{split}/{kind}/{pid:04d}/{pid:04d}_c{cam + 1}_f{n:07d}.jpg"
+
+    occ, whole = "occluded_body_images", "whole_body_images"
+    shots = []
+    for i in range(num_ids):
+        pid = 2 * i + 2
+        for n, cam in enumerate(_id_cameras(rng, images_per_id, num_cams)):
+            o = rng.random() < OCCLUDED_TRAIN_FRACTION
+            shots.append(_Shot(name("train", occ if o else whole, pid, cam, n), TRAIN, i, cam,
+                               occluded=o and variant == "occluded", partial=o and variant == "partial"))
+    for i in range(num_ids):
+        pid = 2 * i + 3
+        cams = _id_cameras(rng, images_per_id, num_cams)
+        query_cams = list(dict.fromkeys(cams))[: min(2, len(set(cams)) - 1)]
+        for n, cam in enumerate(cams):
+            if cam in query_cams:
+                query_cams.remove(cam)
+                shots.append(_Shot(name("test", occ, pid, cam, n), TEST, i, cam,
+                                   occluded=variant == "occluded", partial=variant == "partial"))
+            else:
+                shots.append(_Shot(name("test", whole, pid, cam, n), TEST, i, cam))
+    return shots
+
+
+def _partial_plan(layout, variant, num_ids, images_per_id, rng) -> list[_Shot]:
+    shots = []
+    deg = {"occluded": variant == "occluded", "partial": variant == "partial"}
+    for i in range(num_ids):
+        pid = i + 1
+        if layout == "partial_reid":  # images_per_id / 2 probe shots and as many full-body shots
+            half = max(1, images_per_id // 2)
+            for n in range(half):
+                shots.append(_Shot(f"partial_body_images/{pid:03d}_{n + 1:02d}.jpg", TEST, i, 0, **deg))
+            for n in range(half):
+                shots.append(_Shot(f"whole_body_images/{pid:03d}_{n + 1:02d}.jpg", TEST, i, 1))
+        else:  # Partial-iLIDS: one probe and one gallery image per id
+            shots.append(_Shot(f"Probe/{pid:03d}.jpg", TEST, i, 0, **deg))
+            shots.append(_Shot(f"Gallery/{pid:03d}.jpg", TEST, i, 1))
+    return shots
+
+
+def _readme(layout: str, params: dict) -> str:
+    return (
+        f"SYNTHETIC DATA - not the real {layout} data set.\n"
+        "Procedurally drawn pedestrians written by mhsa.data.synthetic in the real folder layout and\n"
+        "file naming, so that the real parser reads it. Useful for tests and smoke runs only; numbers\n"
+        "measured on it say nothing about the paper's benchmarks.\n"
+        f"Parameters: {json.dumps(params, sort_keys=True)}\n"
+    )
+
+
+def generate(
+    root: str | Path,
+    layout: str,
+    seed: int = 0,
+    num_ids: int = 48,
+    images_per_id: int = 10,
+    num_cams: int | None = None,
+    height: int = 128,
+    width: int = 64,
+    variant: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic ``layout`` data set into the folder ``root`` and return it (``load`` reads it).
+
+    ``root`` becomes the data set folder itself (``root/bounding_box_train``, ``root/query``, ... in
+    the layout's real structure), so use one root per layout. ``num_ids`` identities for train and as
+    many (disjoint) for test; ``images_per_id`` images each; ``num_cams`` defaults to the real data
+    set's camera count. A finished data set (``root/.complete``, written last, same parameters) is
+    left alone unless ``overwrite``; an unfinished or differently parameterised synthetic one is
+    regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    variant = variant or LAYOUTS[layout][0]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    num_cams = num_cams or LAYOUTS[layout][1]
+    if num_ids < 1 or images_per_id < 3 or num_cams < 2:
+        raise ValueError("need num_ids >= 1, images_per_id >= 3 and num_cams >= 2 (query + gallery cameras)")
+    params = dict(layout=layout, seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams,
+                  height=height, width=width, variant=variant)
+    out = Path(root)
+    marker = out / MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == params:
+        return out
+    if out.exists():
+        # Only ever delete what this generator wrote: never a real data set that happens to be there.
+        if any(out.iterdir()) and not (out / "README.txt").is_file():
+            raise FileExistsError(f"{out} exists and is not a synthetic data set; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(variant.encode()))
+    if layout == "p_dukemtmc":
+        shots = _p_duke_plan(variant, seed, num_ids, images_per_id, num_cams, rng)
+    elif layout.startswith("partial"):
+        shots = _partial_plan(layout, variant, num_ids, images_per_id, rng)
+    else:
+        shots = _market_style_plan(layout, variant, seed, num_ids, images_per_id, num_cams, rng)
+
+    cameras = [_camera(seed, c) for c in range(num_cams)]
+    people: dict[tuple[int, int], Person] = {}
+    for n, shot in enumerate(shots):
+        person = people.setdefault((shot.role, shot.index), _person(seed, shot.role, shot.index))
+        img_rng = _rng(seed, 19, zlib.crc32(layout.encode()), n)
+        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed)
+        path = out / shot.rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".png":
+            img.save(path, format="PNG")
+        else:
+            img.save(path, format="JPEG", quality=95)
+    (out / "README.txt").write_text(_readme(layout, params))
+    marker.write_text(json.dumps(params, sort_keys=True))  # last: a crash before this regenerates
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m mhsa.data.synthetic", description=__doc__.split("\n")[0])
+    ap.add_argument("--root", required=True, help="data set folder to write (with several layouts: the "
+                    "folder holding one sub-folder per layout)")
+    ap.add_argument("--layout", nargs="+", required=True, help=f"any of {', '.join(names())}, or 'all'")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-ids", type=int, default=48)
+    ap.add_argument("--images-per-id", type=int, default=10)
+    ap.add_argument("--num-cams", type=int, default=None)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--variant", choices=VARIANTS, default=None)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+    layouts = names() if args.layout == ["all"] else args.layout
+    for layout in layouts:
+        out = generate(
+            args.root if len(layouts) == 1 else Path(args.root) / layout, layout,
+            seed=args.seed, num_ids=args.num_ids, images_per_id=args.images_per_id,
+            num_cams=args.num_cams, height=args.height, width=args.width, variant=args.variant,
+            overwrite=args.overwrite,
+        )
+        print(load(layout, out).summary())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""MHSA-Net losses (paper Eq 3-5, 8, 10-13)."""
+
+from mhsa.losses.competition import competition
+from mhsa.losses.criterion import TERMS, Criterion
+from mhsa.losses.fdrt import fdrt
+from mhsa.losses.ihtl import ihtl
+from mhsa.losses.triplet import hard_triplet
+
+__all__ = ["TERMS", "Criterion", "competition", "fdrt", "hard_triplet", "ihtl"]

@@ -1,0 +1,98 @@
+"""Total MHSA-Net objective: Eq 13 = L_MHSAB (Eq 11, built from Eq 8 and 10) + L_GFB + lambda3 L_C."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mhsa.losses.competition import FORMS, competition
+from mhsa.losses.fdrt import NORMS, fdrt
+from mhsa.losses.ihtl import ihtl
+from mhsa.losses.triplet import hard_triplet
+
+TERMS = (
+    "ce_global",
+    "ce_local",
+    "triplet_local",
+    "ce_residual",
+    "triplet_residual",
+    "fdrt",
+    "ihtl",
+    "competition",
+)
+
+
+class Criterion(nn.Module):
+    """Eq 13: L_total = L_GFB + L_SAFFM + L_ReN + lambda1 L_FDRT + lambda2 T_IHTL + lambda3 L_C.
+
+    - L_GFB = CE(logits_q) (Section IV), left out with ``global_ce=False`` (MHSA-Net dagger, Table V);
+    - L_SAFFM = CE(logits_p) + hard_triplet(p) (Eq 8); L_ReN = CE(logits_z) + hard_triplet(z) (Eq 10);
+    - FDRT (Eq 3) and IHTL (Eq 5) act on P (the paper's P-perp is the same tensor); L_C (Eq 12) on alpha.
+
+    ``crit(outputs, pids) -> (total, terms)``: ``terms`` maps the names in ``TERMS`` to detached UNWEIGHTED
+    values; a term whose weight is 0 is neither computed nor reported. Baseline outputs (no ``P``) give only
+    ``ce_global``.
+    """
+
+    def __init__(
+        self,
+        lambda1: float = 1e-4,
+        lambda2: float = 1.0,
+        lambda3: float = 1e-3,
+        gamma: float = 1e-3,
+        global_ce: bool = True,
+        label_smoothing: float = 0.0,
+        fdrt_norm: str = "l1",
+        competition_form: str = "paper",
+        ihtl_self_positive: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lambda1", lambda1), ("lambda2", lambda2), ("lambda3", lambda3)):
+            if value < 0:
+                raise ValueError(f"{name}={value!r} must be >= 0")
+        if fdrt_norm not in NORMS:
+            raise ValueError(f"fdrt_norm={fdrt_norm!r} must be one of {list(NORMS)}")
+        if competition_form not in FORMS:
+            raise ValueError(f"competition_form={competition_form!r} must be one of {list(FORMS)}")
+        if lambda3 > 0 and competition_form == "paper" and gamma <= 0:
+            raise ValueError(f"gamma={gamma!r} must be > 0")
+        self.lambda1, self.lambda2, self.lambda3, self.gamma = lambda1, lambda2, lambda3, gamma
+        self.global_ce = global_ce
+        self.fdrt_norm = fdrt_norm
+        self.competition_form = competition_form
+        self.ihtl_self_positive = ihtl_self_positive
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], pids: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        weighted: dict[str, tuple[float, torch.Tensor]] = {}
+        if self.global_ce:
+            weighted["ce_global"] = (1.0, self._ce(outputs["logits_q"], pids))
+        if "P" in outputs:
+            weighted["ce_local"] = (1.0, self._ce(outputs["logits_p"], pids))
+            weighted["triplet_local"] = (1.0, hard_triplet(outputs["p"], pids))
+            weighted["ce_residual"] = (1.0, self._ce(outputs["logits_z"], pids))
+            weighted["triplet_residual"] = (1.0, hard_triplet(outputs["z"], pids))
+            if self.lambda1 > 0:
+                weighted["fdrt"] = (self.lambda1, fdrt(outputs["P"], norm=self.fdrt_norm))
+            if self.lambda2 > 0:
+                weighted["ihtl"] = (
+                    self.lambda2,
+                    ihtl(outputs["P"], pids, self_positive=self.ihtl_self_positive),
+                )
+            if self.lambda3 > 0:
+                weighted["competition"] = (
+                    self.lambda3,
+                    competition(outputs["alpha"], self.gamma, form=self.competition_form),
+                )
+        if not weighted:
+            raise ValueError(
+                "no loss term is active: a Baseline output with global_ce=False has nothing to train"
+            )
+        total = sum(weight * value for weight, value in weighted.values())
+        return total, {name: value.detach() for name, (_, value) in weighted.items()}
+
+    def _ce(self, logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        # CE in float32: under autocast the logits may be half precision
+        return self.ce(logits.float(), pids)

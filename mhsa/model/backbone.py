@@ -1,0 +1,108 @@
+"""ResNet backbone producing the feature tensor Q(x) of Section IV.
+
+The paper removes the down-sampling at the start of stage 4 (``layer4``) so that a 384x128 image gives
+Q(x) of 24x8x2048 instead of 12x4x2048. ``last_stride=2`` keeps torchvision's original stride.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+# name -> (constructor, ImageNet weights enum, channels of Q(x))
+_RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
+}
+
+BACKBONES = tuple(_RESNETS)
+
+
+class Backbone(nn.Module):
+    """ResNet stem + stages 1-4 (no pooling, no fc); forward returns Q(x) as (B, C, H/16, W/16)."""
+
+    def __init__(
+        self, name: str = "resnet50", pretrained: bool | str | os.PathLike = False, last_stride: int = 1
+    ) -> None:
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride={last_stride!r} must be 1 (paper) or 2 (torchvision default)")
+        constructor, imagenet_weights, channels = _RESNETS[name]
+        resnet = constructor(weights=None)
+        # the fc layer is never used; dropping it also makes a strict state-dict load ignore fc.*
+        resnet.fc = nn.Identity()
+        _load_pretrained(resnet, pretrained, imagenet_weights)
+        _set_last_stride(resnet, last_stride)
+
+        self.name = name
+        self.out_channels = channels
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer2(self.layer1(x))
+        return self.layer4(self.layer3(x))
+
+
+def _set_last_stride(resnet: models.ResNet, stride: int) -> None:
+    block = resnet.layer4[0]
+    # Bottleneck puts the stride on conv2 (torchvision "ResNet v1.5"), BasicBlock on conv1
+    strided_conv = block.conv2 if isinstance(block, models.resnet.Bottleneck) else block.conv1
+    strided_conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+
+
+def _load_pretrained(
+    resnet: models.ResNet, pretrained: bool | str | os.PathLike, imagenet_weights: models.WeightsEnum
+) -> None:
+    if pretrained is False or pretrained is None:
+        return
+    if pretrained is True or pretrained == "imagenet":
+        state = _imagenet_state_dict(imagenet_weights)
+    elif isinstance(pretrained, str | os.PathLike):
+        state = _local_state_dict(Path(pretrained), imagenet_weights)
+    else:
+        raise ValueError(
+            f"pretrained={pretrained!r} must be False, 'imagenet' or a path to a state-dict file"
+        )
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    resnet.load_state_dict(state, strict=True)
+
+
+def _imagenet_state_dict(weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
+    filename = weights.url.rsplit("/", 1)[-1]
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # offline machines fail with URLError/OSError; any failure means the same thing
+        target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        raise RuntimeError(
+            f"could not load ImageNet weights {weights} ({err}). Without internet, download {weights.url} "
+            f"elsewhere and place it at {target}, or pass pretrained='<path to a local state-dict file>'."
+        ) from err
+
+
+def _local_state_dict(path: Path, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file {path} does not exist. Put a ResNet state dict there "
+            f"(e.g. torchvision's {weights.url}), or use pretrained='imagenet' with the file in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}."
+        )
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    # checkpoints saved by training scripts often wrap the weights; unwrap the common key
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained file {path} does not hold a state dict (got {type(state).__name__})")
+    return state

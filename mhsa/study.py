@@ -1,0 +1,242 @@
+"""The study as data: config.yaml -> deduplicated training cells and table rows.
+
+A *cell* is one trained model: (training data set, model/loss knobs, seed). A *row ref* is
+one number source of a table or figure: (table, row, test data set, test mode) -> cells (one
+per seed). Several rows share a cell (Baseline, MHSA-Net K=8, the K=8 points of the sweeps),
+and test modes (MHSA-Net vs MHSA-Net*, re-ranking, per-head P_i, Partial-REID from the
+Market-1501 models) are evaluations of the same cell, so the DAG trains each cell once.
+
+Pure Python (no Snakemake): `workflow/rules/common.smk` and `mhsa.tables` both call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII"]
+KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce")
+BASE_MODES = ("global", "local", "concat")
+_MODE_RE = re.compile(r"^(global|local|concat|head(\d+))(_rerank)?$")
+
+
+class StudyError(ValueError):
+    """A config.yaml entry that cannot be turned into cells; the message names it."""
+
+
+@dataclass
+class Cell:
+    id: str
+    dataset: str
+    knobs: dict
+    seed: int
+    targets: dict = field(default_factory=dict)  # test set -> set of test modes
+    feeds: list = field(default_factory=list)  # "Table I / MHSA-Net (K=8)" labels
+
+
+@dataclass
+class RowRef:
+    source: str  # "table" | "figure"
+    table: str  # roman numeral for tables, figure number for figures
+    row: str
+    dataset: str  # test set (a column group of the paper's table)
+    metrics: list
+    mode: str
+    cells: list  # one cell id per seed
+    series: str | None = None  # figures: the series name; rows are "<series> (K=k)"
+    K: int | None = None
+
+
+@dataclass
+class Study:
+    config: dict  # the preset-resolved config
+    cells: dict  # id -> Cell, in first-use order
+    rows: list  # RowRef, in the paper's order
+
+    def table_ids(self) -> list:
+        return list(self.config.get("tables", {}))
+
+    def figure_ids(self) -> list:
+        return list(self.config.get("figures", {}))
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def table_number(table: str) -> int:
+    """'VII' -> 7 (file names use numbers: results/tables/table_7.csv)."""
+    return ROMAN.index(table) + 1
+
+
+def resolve_preset(config: dict, preset: str | None = None) -> dict:
+    """Apply `presets[preset]` on top of the base config; returns a new dict."""
+    preset = preset or config.get("preset", "paper")
+    presets = config.get("presets", {})
+    if preset not in presets:
+        raise StudyError(f"config.yaml: preset {preset!r} is not defined; known presets: {sorted(presets)}")
+    p = presets[preset] or {}
+    out = copy.deepcopy(config)
+    out["preset"] = preset
+    out["data_source"] = p.get("data_source", "real")
+    out["synthetic"] = p.get("synthetic", {})
+    out["recipe"] = deep_merge(config.get("recipe", {}), p.get("recipe", {}))
+    if "seeds" in p:
+        out["seeds"] = p["seeds"]
+    if "tables" in p:
+        unknown = [t for t in p["tables"] if t not in config.get("tables", {})]
+        if unknown:
+            raise StudyError(f"config.yaml: presets.{preset}.tables names unknown tables {unknown}")
+        out["tables"] = {t: config["tables"][t] for t in p["tables"]}
+    if "figures" in p:
+        unknown = [f for f in p["figures"] if f not in config.get("figures", {})]
+        if unknown:
+            raise StudyError(f"config.yaml: presets.{preset}.figures names unknown figures {unknown}")
+        out["figures"] = {f: config["figures"][f] for f in p["figures"]}
+    return out
+
+
+def variant_knobs(config: dict, where: str, spec: dict) -> dict:
+    """A row spec (variant + overrides) -> the cell's resolved knobs; equal cells get equal knobs."""
+    variants = config.get("variants", {})
+    name = spec.get("variant")
+    if name not in variants:
+        raise StudyError(f"config.yaml: {where}: unknown variant {name!r}; "
+                         f"known variants: {sorted(variants)}")
+    knobs = dict(config.get("variant_defaults", {}))
+    knobs.update(variants[name] or {})
+    knobs.update({k: spec[k] for k in KNOBS if k in spec})
+    missing = [k for k in KNOBS if k not in knobs]
+    if missing:
+        raise StudyError(f"config.yaml: {where}: no value for {missing} (add them to variant_defaults)")
+    if not knobs["mhsam"]:
+        # The Baseline has no MHSAB: every branch knob is moot, so all Baselines dedupe to one cell.
+        return {"mhsam": False, "K": 0, "lambda1": 0.0, "lambda2": 0.0, "lambda3": 0.0,
+                "gamma": 0.0, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"])}
+    for key in ("lambda1", "lambda2", "lambda3", "gamma"):
+        knobs[key] = float(knobs[key])
+    if knobs["lambda3"] == 0:
+        knobs["gamma"] = float(config.get("variant_defaults", {}).get("gamma", 1e-3))
+    knobs["K"] = int(knobs["K"])
+    if knobs["K"] < 1:
+        raise StudyError(f"config.yaml: {where}: K must be >= 1, got {knobs['K']}")
+    return knobs
+
+
+def cell_id(dataset: str, knobs: dict, seed: int) -> str:
+    """Readable, deterministic id from the resolved knobs (so equal cells get equal ids)."""
+    if not knobs["mhsam"]:
+        arch = "baseline" + ("" if knobs["global_ce"] else "-noce")
+    else:
+        arch = f"mhsam-K{knobs['K']}"
+        if knobs["lambda1"]:
+            arch += f"-fdrt{knobs['lambda1']:g}"
+        if knobs["lambda2"]:
+            arch += f"-ihtl{knobs['lambda2']:g}"
+        if knobs["lambda3"]:
+            arch += f"-acm{knobs['lambda3']:g}g{knobs['gamma']:g}"
+        if knobs["fusion"] != "saffm":
+            arch += f"-{knobs['fusion']}"
+        if not knobs["residual"]:
+            arch += "-norlm"
+        if not knobs["global_ce"]:
+            arch += "-noce"
+    return f"{dataset}__{arch}__s{seed}"
+
+
+def check_mode(mode: str, knobs: dict, where: str) -> None:
+    m = _MODE_RE.match(mode)
+    if not m:
+        raise StudyError(f"config.yaml: {where}: unknown test mode {mode!r}; use global, local, concat, "
+                         "head<i>, optionally with _rerank")
+    if m.group(1) != "global" and not knobs["mhsam"]:
+        raise StudyError(f"config.yaml: {where}: test mode {mode!r} needs MHSAM; "
+                         "the Baseline has only 'global'")
+    if m.group(2) and not 1 <= int(m.group(2)) <= knobs["K"]:
+        raise StudyError(f"config.yaml: {where}: {mode!r} but the cell has K={knobs['K']} heads")
+
+
+def _row_specs(config: dict):
+    """Yield (source, table id, table spec, row spec, series, K) for every table and figure row."""
+    for tid, table in config.get("tables", {}).items():
+        for spec in table["rows"]:
+            yield "table", str(tid), table, spec, None, None
+    for fid, fig in config.get("figures", {}).items():
+        sweep = fig.get("sweep", {}).get("K", [None])
+        for series in fig["series"]:
+            for k in sweep:
+                spec = dict(series)
+                if k is not None:
+                    spec["K"] = k
+                    spec["row"] = f"{series['row']} (K={k})"
+                yield "figure", str(fid), fig, spec, series["row"], k
+
+
+def build_study(config: dict, preset: str | None = None) -> Study:
+    """Resolve the preset and expand every table/figure row into deduplicated cells."""
+    cfg = resolve_preset(config, preset)
+    datasets = cfg.get("datasets", {})
+    seeds = [int(s) for s in cfg.get("seeds", [0])]
+    cells: dict[str, Cell] = {}
+    rows: list[RowRef] = []
+    for source, tid, table, spec, series, k in _row_specs(cfg):
+        label = f"{'Table' if source == 'table' else 'Fig.'} {tid} / {spec.get('row')}"
+        knobs = variant_knobs(cfg, label, spec)
+        mode = spec.get("mode", "concat" if knobs["mhsam"] else "global")
+        check_mode(mode, knobs, label)
+        for test_set in table["datasets"]:
+            if test_set not in datasets:
+                raise StudyError(f"config.yaml: {label}: data set {test_set!r} is not under `datasets:` "
+                                 f"(known: {sorted(datasets)})")
+            train_set = datasets[test_set].get("train_on", test_set)
+            ids = []
+            for seed in seeds:
+                cid = cell_id(train_set, knobs, seed)
+                cell = cells.setdefault(cid, Cell(cid, train_set, knobs, seed))
+                cell.targets.setdefault(test_set, set()).add(mode)
+                if label not in cell.feeds:
+                    cell.feeds.append(label)
+                ids.append(cid)
+            rows.append(RowRef(source, tid, spec["row"], test_set, list(table["metrics"]), mode, ids,
+                               series, k))
+    return Study(cfg, cells, rows)
+
+
+def dataset_root(config: dict, name: str) -> str:
+    """Where a data set lives under the resolved preset (synthetic ones under results/)."""
+    if config.get("data_source") == "synthetic":
+        return str(Path(config.get("results_dir", "results")) / "synthetic" / name)
+    return str(config["datasets"][name]["root"])
+
+
+def cell_overrides(study: Study, cell: Cell) -> dict:
+    """The cell's own part of the run config (merged over the shared recipe by the trainer)."""
+    cfg = study.config
+    k = cell.knobs
+    return {
+        "name": cell.id,
+        "seed": cell.seed,
+        "model": {"mhsam": k["mhsam"], "num_heads": max(k["K"], 1), "fusion": k["fusion"],
+                  "residual": k["residual"]},
+        "loss": {"lambda1": k["lambda1"], "lambda2": k["lambda2"], "lambda3": k["lambda3"],
+                 "gamma": k["gamma"] or 1e-3, "global_ce": k["global_ce"]},
+        "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset)},
+        "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(m)}
+                             for t, m in sorted(cell.targets.items())}},
+        "tracking": {"experiment": f"mhsa-{cfg['preset']}", "tags": {"feeds": "; ".join(cell.feeds)}},
+    }
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)

@@ -1,0 +1,99 @@
+"""Slow, obviously-correct references used by the tests and by ``benchmarks/``.
+
+* ``evaluate_loop``: per-query Python loop of the Market-1501 protocol (torchreid ``eval_market1501``
+  semantics, stable sort, plus mINP and mAP@50), padded CMC like ``mhsa.evaluation.evaluate``.
+* ``re_ranking_loop``: plain NumPy transcription of the k-reciprocal re-ranking reference code
+  (zhunzhong07/person-re-ranking ``python-version/re_ranking_ranklist.py``, identical to torchreid's
+  ``torchreid/utils/rerank.py``): dense (N x N) matrices, per-probe loops, float32.
+
+Benchmarks import this module by putting ``tests/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def evaluate_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, cutoff=50):
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    num_q, num_g = distmat.shape
+    all_cmc, all_ap, all_inp, all_ap50 = [], [], [], []
+    for i in range(num_q):
+        order = np.argsort(distmat[i], kind="stable")
+        pid_sorted = g_pids[order]
+        cam_sorted = g_camids[order]
+        keep = ~((pid_sorted == q_pids[i]) & (cam_sorted == q_camids[i]))
+        raw = (pid_sorted[keep] == q_pids[i]).astype(np.int64)
+        if not raw.any():
+            continue
+        cmc = raw.cumsum()
+        last = np.nonzero(raw)[0].max()
+        all_inp.append(cmc[last] / (last + 1.0))
+        cmc = np.minimum(cmc, 1)
+        if len(cmc) < max_rank:
+            cmc = np.concatenate([cmc, np.full(max_rank - len(cmc), cmc[-1])])
+        all_cmc.append(cmc[:max_rank])
+        num_rel = raw.sum()
+        prec = raw.cumsum() / np.arange(1.0, len(raw) + 1)
+        all_ap.append((prec * raw).sum() / num_rel)
+        all_ap50.append((prec * raw)[:cutoff].sum() / num_rel)
+    if not all_cmc:
+        raise ValueError("no valid query")
+    return {
+        "cmc": np.asarray(all_cmc, dtype=np.float64).mean(0),
+        "mAP": float(np.mean(all_ap)),
+        "mINP": float(np.mean(all_inp)),
+        "mAP@50": float(np.mean(all_ap50)),
+        "num_valid_queries": len(all_cmc),
+    }
+
+
+def re_ranking_loop(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    q_g_dist, q_q_dist, g_g_dist = (np.asarray(x) for x in (q_g_dist, q_q_dist, g_g_dist))
+    num_q = q_g_dist.shape[0]
+    full = np.block([[q_q_dist, q_g_dist], [q_g_dist.T, g_g_dist]])
+    n = full.shape[0]
+    # square, column-normalise, transpose (exactly as the reference)
+    dist = np.power(full, 2).astype(np.float32)
+    del full
+    dist = np.transpose(dist / np.max(dist, axis=0))
+    V = np.zeros_like(dist, dtype=np.float32)
+    rank = np.argsort(dist).astype(np.int32)
+    half = int(np.around(k1 / 2.0))
+
+    def reciprocal(rank, i, k):
+        fwd = rank[i, : k + 1]
+        bwd = rank[fwd, : k + 1]
+        return fwd[np.where(bwd == i)[0]]
+
+    for i in range(n):
+        krec = reciprocal(rank, i, k1)
+        expansion = krec
+        for cand in krec:
+            cand_rec = reciprocal(rank, cand, half)
+            if len(np.intersect1d(cand_rec, krec)) > 2.0 / 3 * len(cand_rec):
+                expansion = np.append(expansion, cand_rec)
+        expansion = np.unique(expansion)
+        w = np.exp(-dist[i, expansion])
+        V[i, expansion] = w / np.sum(w)
+    dist = dist[:num_q]
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=np.float32)
+        for i in range(n):
+            V_qe[i] = np.mean(V[rank[i, :k2]], axis=0)
+        V = V_qe
+        del V_qe
+    del rank
+    inv_index = [np.where(V[:, j] != 0)[0] for j in range(n)]
+    jaccard = np.zeros_like(dist, dtype=np.float32)
+    for i in range(num_q):
+        temp_min = np.zeros((1, n), dtype=np.float32)
+        nz = np.where(V[i] != 0)[0]
+        for j in nz:
+            imgs = inv_index[j]
+            temp_min[0, imgs] = temp_min[0, imgs] + np.minimum(V[i, j], V[imgs, j])
+        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
+    final = jaccard * (1 - lambda_value) + dist * lambda_value
+    return final[:num_q, num_q:]

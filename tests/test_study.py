@@ -1,0 +1,68 @@
+"""The study: every table row maps to a cell; shared configurations train once."""
+
+from pathlib import Path
+
+import pytest
+
+from mhsa.study import StudyError, build_study, cell_overrides, load_config, table_number
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(ROOT / "config.yaml")
+
+
+def test_paper_grid_cell_count(config):
+    """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 2."""
+    study = build_study(config, "paper")
+    assert len(study.cells) == 130  # + Fig. 7: MHSAM and MHSAM+ACM on Occluded-Duke
+    assert all(r.cells and all(c in study.cells for c in r.cells) for r in study.rows)
+
+
+def test_shared_cells_train_once(config):
+    study = build_study(config, "paper")
+    full = "market1501__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s0"
+    cell = study.cells[full]
+    # MHSA-Net, MHSA-Net*, re-ranking (Table I), Table IV's partial sets: one trained cell.
+    assert cell.targets["market1501"] == {"concat", "local", "concat_rerank"}
+    assert cell.targets["partial_reid"] == {"concat", "local"}
+    # Table VII K=8 and Fig. 9/10 MHSAM K=8 and Table V Baseline+MHSAM are the same cell.
+    mhsam8 = [r for r in study.rows if r.cells == ["cuhk03_detected__mhsam-K8__s0"]]
+    assert {r.table for r in mhsam8} >= {"V", "VII", "IX", "X", "XI", "9", "10"}
+    heads = study.cells["occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s0"].targets["occluded_duke"]
+    assert {f"head{i}" for i in range(1, 9)} <= heads
+
+
+def test_seeds_multiply_cells(config):
+    cfg = dict(config, seeds=[0, 1, 2])
+    study = build_study(cfg, "ci")
+    assert len(study.cells) == 3 * len(build_study(config, "ci").cells)
+    assert all(len(r.cells) == 3 for r in study.rows)
+
+
+def test_cell_overrides_carry_only_the_cells_knobs(config):
+    study = build_study(config, "demo")
+    cell = study.cells["cuhk03_detected__mhsam-K8-fdrt1e-06__s0"]
+    o = cell_overrides(study, cell)
+    assert o["loss"]["lambda1"] == 1e-6 and o["loss"]["lambda2"] == 0 and o["model"]["num_heads"] == 8
+    assert o["data"]["root"].endswith("synthetic/cuhk03_detected")
+    assert set(o["eval"]["targets"]) == {"cuhk03_detected"}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"row": "x", "variant": "nope"}, "unknown variant"),
+    ({"row": "x", "variant": "baseline", "mode": "local"}, "needs MHSAM"),
+    ({"row": "x", "variant": "mhsam", "mode": "head9"}, "K=8"),
+    ({"row": "x", "variant": "mhsam", "mode": "fancy"}, "unknown test mode"),
+])
+def test_bad_rows_are_named(config, row, message):
+    cfg = dict(config)
+    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[row])}
+    with pytest.raises(StudyError, match=message):
+        build_study(cfg, "paper")
+
+
+def test_table_numbers():
+    assert [table_number(t) for t in ("I", "IV", "IX", "XI")] == [1, 4, 9, 11]

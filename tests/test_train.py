@@ -1,0 +1,166 @@
+"""One cell end to end on a tiny synthetic data set: metrics.json, determinism, resume, MLflow."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mhsa import train as train_mod
+from mhsa.config import build_run_config
+from mhsa.data.datasets import DatasetNotFoundError
+from mhsa.data.synthetic import generate
+
+METRICS = {"rank1", "rank5", "rank10", "mAP", "mINP", "mAP@50"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "market1501"
+    generate(root, "market1501", seed=3, num_ids=8, images_per_id=6, height=32, width=16)
+    return root
+
+
+def tiny_cfg(root, tmp, **over):
+    recipe = {
+        "name": over.pop("name", "tiny"), "seed": 0, "checkpoint_every": 1, "threads": 1,
+        "model": {"backbone": "resnet18", "pretrained": False, "num_heads": 3},
+        "data": {"dataset": "market1501", "root": str(root), "height": 32, "width": 16, "p": 4, "k": 2,
+                 "workers": 0, "test_batch": 32},
+        "optim": {"lr": 1e-3, "warmup_epochs": 1, "milestones": [2], "epochs": 3},
+        "eval": {"targets": {"market1501": {"root": str(root), "modes": ["global", "local", "concat",
+                                                                          "head2", "concat_rerank"]}},
+                 "rerank_k1": 4, "rerank_k2": 2, "attention_images": 2},
+        "tracking": {"experiment": "test"},
+    }
+    return build_run_config(recipe, over)
+
+
+def sqlite_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def losses(metrics):
+    return [{k: v for k, v in row.items() if k not in ("images_per_s",)} for row in metrics["history"]]
+
+
+def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
+    uri = sqlite_uri(tmp_path)
+    m1 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "a", tracking_uri=uri)
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    for mode in ("global", "local", "concat", "head2", "concat_rerank"):
+        assert METRICS <= set(saved["eval"]["market1501"][mode])
+        assert 0 <= saved["eval"]["market1501"][mode]["rank1"] <= 100
+    assert {"seconds", "images_per_s", "peak_mem_mb", "epochs", "git_sha"} <= set(saved["train"])
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
+    assert {"ce_global", "ce_local", "triplet_local", "fdrt", "ihtl", "competition"} <= set(saved["history"][0])
+    assert (tmp_path / "a" / "attention.npz").exists() and (tmp_path / "a" / "config.yaml").exists()
+    m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
+    assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
+
+
+def test_interrupted_run_resumes_to_identical_metrics_in_one_mlflow_run(data_root, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = sqlite_uri(tmp_path)
+    full = train_mod.train_cell(tiny_cfg(data_root, tmp_path, name="full"), tmp_path / "full",
+                                tracking_uri=uri)
+    real_save = train_mod.save_checkpoint
+
+    def crash_after_epoch_2(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("simulated kill after epoch 2")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_epoch_2)
+    cfg = tiny_cfg(data_root, tmp_path, name="resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_cell(cfg, tmp_path / "resumed", tracking_uri=uri)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train_mod.train_cell(cfg, tmp_path / "resumed", tracking_uri=uri)
+    assert resumed["eval"] == full["eval"] and losses(resumed) == losses(full)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("test")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'resumed'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) >= [1, 2, 3]
+
+
+def test_four_cells_at_once_share_one_sqlite_store(data_root, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mhsa.config import save_config
+    from mhsa.tracking import init_store
+
+    uri = sqlite_uri(tmp_path)
+    init_store(uri, ["test"])
+    procs = []
+    for i in range(4):
+        cfg = tiny_cfg(data_root, tmp_path, name=f"par{i}", seed=i)
+        cfg.optim.epochs, cfg.eval.targets = 2, {}
+        save_config(cfg, tmp_path / f"par{i}.yaml")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mhsa", "train", str(tmp_path / f"par{i}.yaml"), "--out",
+             str(tmp_path / f"par{i}"), "--tracking-uri", uri],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"par{i}" for i in range(4)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == [1, 2]
+
+
+def test_missing_root_fails_before_training(tmp_path):
+    cfg = tiny_cfg(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="market1501"):
+        train_mod.train_cell(cfg, tmp_path / "out", tracking_uri=sqlite_uri(tmp_path))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_cli_config_error_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {num_heads: 0}\n")
+    res = subprocess.run([sys.executable, "-m", "mhsa", "train", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "model.num_heads" in res.stderr
+
+
+def test_non_finite_loss_stops_with_epoch_and_term(data_root, tmp_path, monkeypatch):
+    from mhsa import losses
+
+    real_forward = losses.Criterion.forward
+
+    def nan_fdrt(self, outputs, pids):
+        total, terms = real_forward(self, outputs, pids)
+        terms["fdrt"] = torch.tensor(float("nan"))
+        return total, terms
+
+    monkeypatch.setattr(losses.Criterion, "forward", nan_fdrt)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"epoch 1.*'fdrt'.*tiny"):
+        train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "nan", tracking_uri=sqlite_uri(tmp_path))
+
+
+def test_unreachable_tracking_store_still_writes_metrics(data_root, tmp_path, capsys):
+    cfg = tiny_cfg(data_root, tmp_path)
+    cfg.optim.epochs = 1
+    bad_uri = "sqlite:///" + str(tmp_path / "is_a_file" / "mlflow.db")
+    (tmp_path / "is_a_file").write_text("not a directory")
+    train_mod.train_cell(cfg, tmp_path / "untracked", tracking_uri=bad_uri)
+    assert (tmp_path / "untracked" / "metrics.json").exists()
+    assert "WARNING: MLflow tracking store" in capsys.readouterr().err
+
+
+def test_lr_schedule_matches_the_paper():
+    cfg = build_run_config({})
+    assert train_mod.lr_at(cfg, 1) == pytest.approx(1e-5)
+    assert train_mod.lr_at(cfg, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 49 / 50))
+    assert train_mod.lr_at(cfg, 51) == pytest.approx(1e-3)
+    assert train_mod.lr_at(cfg, 200) == pytest.approx(1e-3)
+    assert train_mod.lr_at(cfg, 201) == pytest.approx(1e-4)
+    assert train_mod.lr_at(cfg, 301) == pytest.approx(1e-5)

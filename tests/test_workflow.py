@@ -1,0 +1,201 @@
+"""The Snakemake workflow as a DAG: presets, rerun granularity, the real-data check.
+
+Every test runs Snakemake on a temporary COPY of Snakefile, workflow/, envs/ and config.yaml,
+so nothing is written into the repository's results/. No training runs here: dry-runs, plus
+`--touch` on fake outputs to record the job metadata a finished run would leave.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mhsa.study import build_study, table_number
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+FORMATS = ("csv", "md", "html", "tex")
+# A fixed MLflow URI: the default (sqlite:///<abs results dir>/mlflow.db) differs between the
+# copies of a finished run that the tests make. Nothing is logged: no job really runs.
+FIXED_URI = "sqlite:///unused-by-these-tests.db"
+
+
+def _config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("workflow", "envs"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return dest
+
+
+@pytest.fixture
+def wf(tmp_path) -> Path:
+    """A runnable copy of the workflow in an empty directory."""
+    return copy_workflow(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def _finished_paper_run(tmp_path_factory) -> Path:
+    wd = copy_workflow(tmp_path_factory.mktemp("finished"))
+    fake_finished_run(wd, "paper")
+    return wd
+
+
+@pytest.fixture
+def finished(_finished_paper_run, tmp_path) -> Path:
+    """A copy (mtimes and .snakemake metadata included) of a finished paper-preset run."""
+    return Path(shutil.copytree(_finished_paper_run, tmp_path / "wd", symlinks=True))
+
+
+def snakemake(wd: Path, *args: str, check: bool = True, uri: str | None = FIXED_URI) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=wd, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry-run ({} when nothing is to be done)."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    block = text.split("Job stats:", 1)[1].splitlines()[3:]
+    counts = {}
+    for line in block:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def scheduled_cells(proc: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"wildcards: cell=(\S+)", proc.stdout + proc.stderr))
+
+
+def fake_finished_run(wd: Path, preset: str) -> None:
+    """Outputs of a finished run (empty files), then `--touch -F` records their metadata."""
+    study = build_study(yaml.safe_load((wd / "config.yaml").read_text()), preset)
+    results = wd / study.config["results_dir"]
+    if study.config["data_source"] == "real":  # the onstart check only needs the roots to exist
+        for name in study.config["datasets"]:
+            (wd / study.config["datasets"][name]["root"]).mkdir(parents=True, exist_ok=True)
+    files = [results / "mlflow.ready"]
+    for cid in study.cells:
+        files += [results / "runs" / cid / "metrics.json", results / "runs" / cid / "attention.npz"]
+    files += [results / "tables" / f"table_{table_number(t)}.{ext}" for t in study.table_ids() for ext in FORMATS]
+    for name in study.config["datasets"] if study.config["data_source"] == "synthetic" else []:
+        files.append(results / "synthetic" / name / ".complete")
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("")
+    (results / "figures").mkdir(parents=True, exist_ok=True)
+    snakemake(wd, "--cores", "2", "--touch", "--forceall", "tables", "--config", f"preset={preset}")
+    assert job_counts(snakemake(wd, "-n", "tables", "--config", f"preset={preset}")) == {}
+
+
+def edit_config(wd: Path, old: str, new: str) -> None:
+    path = wd / "config.yaml"
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+
+
+@pytest.mark.parametrize("preset", ["paper", "demo", "ci"])
+def test_dry_run_lists_every_job_of_the_preset(wf, preset):
+    study = build_study(_config(), preset)
+    t0 = time.perf_counter()
+    proc = snakemake(wf, "-n", "tables", "--config", f"preset={preset}")
+    seconds = time.perf_counter() - t0
+    print(f"\nsnakemake -n tables --config preset={preset}: {seconds:.2f} s")
+    counts = job_counts(proc)
+    synthetic = study.config["data_source"] == "synthetic"
+    needed = {c.dataset for c in study.cells.values()} | {t for c in study.cells.values() for t in c.targets}
+    assert counts == {
+        "train_cell": len(study.cells),
+        "mlflow_store": 1,
+        "tables": 1,
+        **({"synthetic_dataset": len(needed)} if synthetic else {}),
+    }
+    if preset == "paper":
+        assert len(study.cells) == 128
+        assert seconds < 30, f"dry-run of the paper preset took {seconds:.1f} s"
+    cells = scheduled_cells(proc)
+    assert cells == set(study.cells)
+    for row in study.rows:  # every number of every table/figure comes from a scheduled cell
+        assert row.cells and set(row.cells) <= cells, row
+
+
+def test_editing_one_row_reruns_exactly_that_cell(finished):
+    wf = finished
+    paper = ("--config", "preset=paper")
+
+    # Another MLflow store (here: the default one of a moved checkout) re-initialises the
+    # store only; the store marker is `ancient` for train_cell, so nothing is retrained.
+    assert job_counts(snakemake(wf, "-n", "tables", *paper, uri=None)) == {"mlflow_store": 1}
+
+    # A new lambda1 for one row of Table IX: one new cell; nothing else is retrained.
+    edit_config(wf, 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2}',
+                'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 3.0e-2}')
+    for triggers in ([], ["--rerun-triggers", "params"]):
+        proc = snakemake(wf, "-n", "tables", *paper, *triggers)
+        assert job_counts(proc) == {"train_cell": 1, "tables": 1}, triggers
+        assert scheduled_cells(proc) == {"cuhk03_detected__mhsam-K8-fdrt0.03__s0"}
+
+
+def test_params_trigger_granularity(finished):
+    wf = finished
+    paper = ("--config", "preset=paper")
+
+    # A title is not a training param: tables only.
+    edit_config(wf, "title: FDRT weight lambda1 on CUHK03-Detected", "title: FDRT weight (lambda1), CUHK03-D")
+    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
+
+    # A new test mode for a cell is a param change of that cell only (re-evaluation).
+    edit_config(wf, 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2}',
+                'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2, mode: local}')
+    proc = snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")
+    assert job_counts(proc) == {"train_cell": 1, "tables": 1}
+    assert scheduled_cells(proc) == {"cuhk03_detected__mhsam-K8-fdrt0.01__s0"}
+
+
+def test_real_run_with_missing_data_stops_before_any_job(wf):
+    (wf / "data" / "Market-1501-v15.09.15").mkdir(parents=True)  # one of the eight is there
+    proc = snakemake(wf, "--cores", "1", "tables", "--config", "preset=paper", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "needed root(s) are missing" in text
+    missing = re.findall(r"^\s+- (\w+): tried (\S+)", text, re.M)
+    assert {name for name, _ in missing} == set(_config()["datasets"]) - {"market1501"}
+    assert all(Path(path).is_absolute() for _, path in missing)
+    assert "published at: https://github.com/lightas/Occluded-DukeMTMC-Dataset" in text
+    assert "No job was started" in text
+    assert not (wf / "results").exists() or not any((wf / "results").rglob("*.json"))
+    assert "rule train_cell:" not in text and "rule mlflow_store:" not in text
+
+
+def test_schema_rejects_invalid_config(wf):
+    proc = snakemake(wf, "-n", "tables", "--config", "preset=nonsense", check=False)
+    assert proc.returncode != 0
+    assert "nonsense" in proc.stdout + proc.stderr
+
+    edit_config(wf, "- {row: K=1, variant: mhsam, K: 1}", "- {row: K=1, variant: mhsam, K: 0}")
+    proc = snakemake(wf, "-n", "tables", check=False)
+    assert proc.returncode != 0
+    assert "minimum" in proc.stdout + proc.stderr

@@ -1,0 +1,224 @@
+# Shared state of the workflow: the Study (config.yaml -> deduplicated cells and table rows) is
+# built once at parse time; rules call the plain functions below (no lambdas in rules).
+
+import json
+import os
+import re
+import sys
+from hashlib import sha1
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.io import report as report_flag  # `report(` may not start a line in .smk files
+
+from mhsa.study import StudyError, build_study, cell_overrides, dataset_root, table_number
+
+try:
+    # `--config preset=paper` lands in config["preset"] and wins over config.yaml.
+    STUDY = build_study(config, config.get("preset"))
+except StudyError as err:
+    raise WorkflowError(str(err)) from None
+
+CFG = STUDY.config  # the preset-resolved config
+PRESET = CFG["preset"]
+RESULTS = str(CFG.get("results_dir", "results")).rstrip("/")
+WF = CFG.get("workflow") or {}
+SYNTHETIC = CFG["data_source"] == "synthetic"
+DATASETS = list(CFG["datasets"])
+CELLS = list(STUDY.cells)
+TABLES = STUDY.table_ids()
+FIGURES = STUDY.figure_ids()
+TABLE_FORMATS = ["csv", "md", "html", "tex"]
+REPORT_DIR = Path(str(workflow.current_basedir)).parent / "report"
+
+# One MLflow store for every job: exported here, so local jobs inherit it and cluster jobs
+# (which re-parse this file) compute the same value. Not a train_cell param on purpose: the
+# absolute path would make a moved checkout retrain every cell.
+# MLFLOW_TRACKING_URI is optional (a tracking server), hence no `envvars:` directive, which
+# would make it mandatory. Same default as mhsa.tracking.default_uri (no mlflow import here).
+MLFLOW_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_URI = os.environ.get(MLFLOW_ENV) or "sqlite:///" + str((Path(RESULTS) / "mlflow.db").resolve())
+os.environ[MLFLOW_ENV] = MLFLOW_URI
+MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+CELL_PATTERN = _alternatives(CELLS)
+DATASET_PATTERN = _alternatives(DATASETS)
+
+
+# ---------------------------------------------------------------------------------- paths
+def run_dir(cell):
+    return f"{RESULTS}/runs/{cell}"
+
+
+def metrics_file(cell):
+    return f"{run_dir(cell)}/metrics.json"
+
+
+def data_marker(name):
+    """Snakemake-visible product of a synthetic data set (the generator writes it last)."""
+    return f"{dataset_root(CFG, name)}/.complete"
+
+
+def table_files(formats=TABLE_FORMATS):
+    return [
+        f"{RESULTS}/tables/table_{table_number(t)}.{ext}" for t in TABLES for ext in formats
+    ]
+
+
+def all_metrics():
+    return [metrics_file(c) for c in CELLS]
+
+
+def all_attention():
+    return [f"{run_dir(c)}/attention.npz" for c in CELLS]
+
+
+# ------------------------------------------------------------------------- cells and data
+def cell_datasets(cell_id):
+    """Training set first, then the test sets the cell is evaluated on."""
+    cell = STUDY.cells[cell_id]
+    return [cell.dataset] + [t for t in sorted(cell.targets) if t != cell.dataset]
+
+
+def needed_datasets(cell_ids=None):
+    names = []
+    for cid in CELLS if cell_ids is None else cell_ids:
+        names += [n for n in cell_datasets(cid) if n not in names]
+    return names
+
+
+def synthetic_seed(wildcards):
+    """A fixed seed per data set (its position under `datasets:`), distinct across data sets."""
+    return 1000 + DATASETS.index(wildcards.name)
+
+
+def synthetic_root(wildcards):
+    return dataset_root(CFG, wildcards.name)
+
+
+# ------------------------------------------------------------------------- train_cell I/O
+def train_inputs(wildcards):
+    """Data markers of the cell's train and test sets (synthetic presets) + the MLflow store.
+
+    The store marker is `ancient`: re-initialising the store never retrains a cell.
+    """
+    inputs = {"mlflow": ancient(MLFLOW_MARKER)}
+    if SYNTHETIC:
+        inputs["data"] = [data_marker(n) for n in cell_datasets(wildcards.cell)]
+    return inputs
+
+
+def train_overrides(wildcards):
+    """The cell's own part of the run config (`mhsa.study.cell_overrides`).
+
+    The `feeds` tag (which table rows use the cell) is left out of the params so that adding
+    a row that reuses a cell does not retrain it; train_cell.py adds it back as an MLflow tag.
+    """
+    over = cell_overrides(STUDY, STUDY.cells[wildcards.cell])
+    over.get("tracking", {}).get("tags", {}).pop("feeds", None)
+    return over
+
+
+def run_digest(wildcards):
+    """Short hash of what defines the trained weights: the recipe and the cell's params minus
+    evaluation, tracking and data roots (a new test mode or a moved data set reruns the job,
+    which then resumes from the final checkpoint and only re-evaluates)."""
+    recipe = {k: v for k, v in CFG["recipe"].items() if k != "eval"}
+    over = {k: v for k, v in train_overrides(wildcards).items() if k not in ("eval", "tracking")}
+    over["data"] = {k: v for k, v in over.get("data", {}).items() if k != "root"}  # moved data
+    blob = json.dumps([recipe, over], sort_keys=True, default=str)
+    return sha1(blob.encode()).hexdigest()[:10]
+
+
+def checkpoint_dir(wildcards):
+    """results/checkpoints/<cell>/<digest>/: not an output (a killed job keeps it and the rerun
+    resumes), and keyed by the run config so a changed recipe/preset never resumes a stale model."""
+    return f"{RESULTS}/checkpoints/{wildcards.cell}/{run_digest(wildcards)}"
+
+
+def experiment_names():
+    return sorted({cell_overrides(STUDY, c)["tracking"]["experiment"] for c in STUDY.cells.values()})
+
+
+# ---------------------------------------------------------------------------- tables rule
+def table_rows():
+    """The table/figure rows as params of the tables rule: editing a row's mode, name or
+    title rebuilds the tables without retraining anything."""
+    return [
+        [r.source, r.table, r.row, r.dataset, r.mode, list(r.metrics), list(r.cells)]
+        for r in STUDY.rows
+    ] + [[t, CFG["tables"][t].get("title", "")] for t in TABLES]
+
+
+def table_caption(table):
+    specific = REPORT_DIR / f"table_{table}.rst"
+    return f"../report/table_{table}.rst" if specific.exists() else "../report/table.rst"
+
+
+def table_outputs():
+    """Every table file, flagged for the report under `Table <roman>`."""
+    return [
+        report_flag(
+            f"{RESULTS}/tables/table_{table_number(t)}.{ext}",
+            caption=table_caption(t),
+            category=f"Table {t}",
+            labels={"table": t, "format": ext},
+        )
+        for t in TABLES
+        for ext in TABLE_FORMATS
+    ] + [
+        report_flag(
+            f"{RESULTS}/tables/summary.md", caption="../report/summary.rst", category="Summary"
+        )
+    ]
+
+
+# ------------------------------------------------------------------- real data set check
+def missing_roots(names):
+    """[(name, root tried, where it is published)] for each data set whose root is absent."""
+    try:
+        from mhsa.data.datasets import where_to_get
+    except ImportError:  # pragma: no cover - the parsers are part of the package
+        def where_to_get(name):
+            return "see docs/workflow.md"
+    out = []
+    for name in names:
+        root = dataset_root(CFG, name)
+        if not Path(root).exists():
+            try:
+                url = where_to_get(name)
+            except KeyError:
+                url = "unknown data set name"
+            out.append((name, root, url))
+    return out
+
+
+def pending_cells():
+    """Cells whose train_cell job is about to run (all cells if the DAG cannot be read)."""
+    try:
+        jobs = workflow.dag.needrun_jobs()
+        return sorted({j.wildcards.cell for j in jobs if j.rule.name == "train_cell"})
+    except Exception:
+        return CELLS
+
+
+def check_real_data():
+    """onstart (real runs only, never -n): stop before any job when a needed root is absent."""
+    if SYNTHETIC:
+        return
+    missing = missing_roots(needed_datasets(pending_cells()))
+    if not missing:
+        return
+    lines = [f"preset {PRESET!r} uses real data sets, and {len(missing)} needed root(s) are missing:"]
+    for name, root, url in missing:
+        lines.append(f"  - {name}: tried {os.path.abspath(root)}\n      published at: {url}")
+    lines.append(
+        "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
+        "--config), or run a synthetic preset (--config preset=demo). No job was started."
+    )
+    raise WorkflowError("\n".join(lines))

@@ -1,0 +1,37 @@
+# Data: synthetic stand-ins (data_source: synthetic) and the MLflow store. Real data sets are
+# not produced by the workflow; `check_real_data` (onstart, common.smk) verifies their roots
+# before any job of a real run starts.
+
+
+rule synthetic_dataset:
+    output:
+        f"{RESULTS}/synthetic/{{name}}/.complete",
+    wildcard_constraints:
+        name=DATASET_PATTERN,
+    params:
+        root=synthetic_root,
+        layout="{name}",
+        seed=synthetic_seed,
+        synthetic=CFG.get("synthetic", {}),
+    log:
+        f"{RESULTS}/logs/synthetic/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthetic/{{name}}.tsv"
+    conda:
+        "../../envs/mhsa.yaml"
+    script:
+        "../scripts/synthetic_dataset.py"
+
+
+rule mlflow_store:
+    output:
+        MLFLOW_MARKER,
+    params:
+        uri=MLFLOW_URI,
+        experiments=experiment_names(),
+    log:
+        f"{RESULTS}/logs/mlflow_store.log",
+    conda:
+        "../../envs/mhsa.yaml"
+    script:
+        "../scripts/mlflow_store.py"

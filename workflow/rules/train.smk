@@ -1,0 +1,27 @@
+# One training job per deduplicated cell of the study. Only what defines the trained model is
+# a param (params changes rerun the cell); GPU-slot settings come from config `workflow:`.
+
+
+rule train_cell:
+    input:
+        unpack(train_inputs),
+    output:
+        metrics=f"{RESULTS}/runs/{{cell}}/metrics.json",
+        attention=f"{RESULTS}/runs/{{cell}}/attention.npz",
+    wildcard_constraints:
+        cell=CELL_PATTERN,
+    params:
+        overrides=train_overrides,
+        recipe=CFG["recipe"],
+        ckpt_dir=checkpoint_dir,
+    threads: WF.get("train_threads", 1)
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/train/{{cell}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{cell}}.tsv"
+    conda:
+        "../../envs/mhsa.yaml"
+    script:
+        "../scripts/train_cell.py"
