@@ -93,6 +93,8 @@ def resolve_preset(config: dict, preset: str | None = None) -> dict:
     out["recipe"] = deep_merge(config.get("recipe", {}), p.get("recipe", {}))
     if "seeds" in p:
         out["seeds"] = p["seeds"]
+    if "results_dir" in p:  # presets keep their runs apart: paper results never overwrite demo ones
+        out["results_dir"] = p["results_dir"]
     if "tables" in p:
         unknown = [t for t in p["tables"] if t not in config.get("tables", {})]
         if unknown:

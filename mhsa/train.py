@@ -268,7 +268,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                 n_iter += 1
                 for name, value in [("loss", total), *terms.items()]:
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
-                bar.update(n_iter, f"loss {float(total):.3f}")
+                bar.update(n_iter, f"loss {float(total.detach()):.3f}")
             bar.close()
             seconds = time.perf_counter() - t0
             train_seconds += seconds

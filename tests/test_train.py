@@ -142,7 +142,7 @@ def test_non_finite_loss_stops_with_epoch_and_term(data_root, tmp_path, monkeypa
         return total, terms
 
     monkeypatch.setattr(losses.Criterion, "forward", nan_fdrt)
-    with pytest.raises(train_mod.NonFiniteLossError, match=r"epoch 1.*'fdrt'.*tiny"):
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"'tiny'.*epoch 1.*'fdrt'"):
         train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "nan", tracking_uri=sqlite_uri(tmp_path))
 
 

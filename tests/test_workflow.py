@@ -100,6 +100,7 @@ def fake_finished_run(wd: Path, preset: str) -> None:
     for cid in study.cells:
         files += [results / "runs" / cid / "metrics.json", results / "runs" / cid / "attention.npz"]
     files += [results / "tables" / f"table_{table_number(t)}.{ext}" for t in study.table_ids() for ext in FORMATS]
+    files.append(results / "tables" / "summary.md")
     for name in study.config["datasets"] if study.config["data_source"] == "synthetic" else []:
         files.append(results / "synthetic" / name / ".complete")
     for f in files:
@@ -134,7 +135,7 @@ def test_dry_run_lists_every_job_of_the_preset(wf, preset):
         **({"synthetic_dataset": len(needed)} if synthetic else {}),
     }
     if preset == "paper":
-        assert len(study.cells) == 128
+        assert len(study.cells) >= 128  # the paper's tables alone need 128 distinct models
         assert seconds < 30, f"dry-run of the paper preset took {seconds:.1f} s"
     cells = scheduled_cells(proc)
     assert cells == set(study.cells)
