@@ -58,7 +58,7 @@ def main() -> None:
     torch.manual_seed(0)
     models = {"baseline": make(False, device, cuda, ids), "mhsa-net K=8": make(True, device, cuda, ids)}
     times: dict[str, list[float]] = {k: [] for k in models}
-    for name, (m, c, o) in models.items():  # warm-up (allocator, cudnn autotune)
+    for m, c, o in models.values():  # warm-up (allocator, cudnn autotune)
         step(m, c, o, x, y, amp)
     for _ in range(args.steps):
         for name, (m, c, o) in models.items():
@@ -75,7 +75,8 @@ def main() -> None:
     for k, v in med.items():
         print(f"  {k:14s} step {v * 1000:8.1f} ms   {batch / v:8.1f} images/s")
     ratio = med["mhsa-net K=8"] / med["baseline"]
-    print(f"  step-time ratio MHSA-Net / Baseline = {ratio:.3f}  (target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
+    verdict = "met" if ratio <= 1.15 else "NOT met"
+    print(f"  step-time ratio MHSA-Net / Baseline = {ratio:.3f}  (target <= 1.15: {verdict})")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class CellTracker:
             return None
         try:
             self._client = _client(self.uri)
-            if resume_run_id:
+            if resume_run_id and self._run_exists(resume_run_id):
                 _retry(self._client.update_run, resume_run_id, status="RUNNING")
                 self.run_id = resume_run_id
                 return self.run_id
@@ -137,6 +137,17 @@ class CellTracker:
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self._call("logging params", self._client.log_batch, self.run_id, params=items[i:i + 100])
         return self.run_id
+
+    def _run_exists(self, run_id: str) -> bool:
+        """False when the store has no such run (e.g. MLFLOW_TRACKING_URI changed since the crash)."""
+        try:
+            _retry(self._client.get_run, run_id)
+            return True
+        except Exception as err:
+            if "locked" in str(err).lower():
+                raise
+            log.warning("MLflow run %s is not in %s: starting a new run", run_id, self.uri)
+            return False
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if not self.enabled or self.run_id is None:

@@ -27,7 +27,7 @@ from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.evaluation import evaluate_modes, extract_features
-from mhsa.io import atomic_write, atomic_write_json
+from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model import build_model
 from mhsa.progress import Progress
@@ -109,11 +109,17 @@ def autocast_for(cfg: RunConfig, device: torch.device):
 
 
 def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, epoch: int) -> DataLoader:
+    """A training loader whose worker seeds come from (seed, epoch).
+
+    On CUDA with workers it is built once, with persistent workers (start-up paid once): the sampler
+    still fixes each epoch's order, but augmentation draws continue across epochs, so only CPU runs
+    (a new loader per epoch) promise bit-identical resumes.
+    """
     d = cfg.data
-    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad)
     cuda = device.type == "cuda"
+    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad)
     return DataLoader(ImageDataset(ds.train, tf), batch_size=d.p * d.k, sampler=sampler, drop_last=True,
-                      num_workers=d.workers, pin_memory=cuda,
+                      num_workers=d.workers, pin_memory=cuda, persistent_workers=cuda and d.workers > 0,
                       generator=torch.Generator().manual_seed(seed_everything(cfg.seed, epoch)))
 
 
@@ -226,13 +232,22 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         train_seconds, images_seen, run_id = state["train_seconds"], state["images_seen"], state["run_id"] or None
         log.info("resuming %s from %s (epoch %d)", cfg.name, ckpt_path, start_epoch)
 
+    # The run id is kept beside the checkpoints from the start, so a cell killed before its first
+    # checkpoint still continues its own MLflow run instead of leaving a stray RUNNING one.
+    run_id_file = ckpt_dir / "mlflow_run_id"
+    if run_id is None and run_id_file.exists():
+        run_id = run_id_file.read_text().strip() or None
     tracker = CellTracker(tracking_uri, cfg.tracking.experiment, enabled=cfg.tracking.enabled)
     tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(device), **env,
             **{k: str(v) for k, v in cfg.tracking.tags.items()}}
     run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=run_id)
+    if run_id:
+        atomic_write_text(run_id_file, run_id)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    persistent = device.type == "cuda" and cfg.data.workers > 0
+    loader = train_loader(cfg, train_set, sampler, device, start_epoch + 1) if persistent else None
     try:
         for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
             seed_everything(cfg.seed, epoch)
@@ -241,7 +256,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            loader = train_loader(cfg, train_set, sampler, device, epoch)
+            if not persistent:
+                loader = train_loader(cfg, train_set, sampler, device, epoch)
             sums: dict[str, float] = {}
             n_iter, t0 = 0, time.perf_counter()
             bar = Progress(len(loader), f"epoch {epoch}/{cfg.optim.epochs}")

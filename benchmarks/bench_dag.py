@@ -1,0 +1,103 @@
+"""The ablation DAG: plan time (parse + DAG) and a full run's wall time and jobs/minute.
+
+    python benchmarks/bench_dag.py plan                 # `snakemake -n tables` for the paper preset (target < 5 s)
+    python benchmarks/bench_dag.py run --preset demo    # the demo grid end to end on this machine
+                                                        #   (target <= 30 min on 2 cores; aim 20)
+
+`run` works on a temporary copy of the workflow, so the repository's results/ is untouched;
+`--from-log` instead reads the per-job benchmark files of a finished run under results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{wd / 'mlflow.db'}")
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env, capture_output=True,
+                          text=True)
+
+
+def copy(wd: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, wd / name)
+    for name in ("workflow", "envs"):
+        shutil.copytree(REPO / name, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return wd
+
+
+def plan(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = copy(Path(tmp))
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            proc = snakemake(wd, "-n", "tables", "--config", f"preset={args.preset}")
+            times.append(time.perf_counter() - t0)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        jobs = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("train_cell")]
+        print(f"snakemake -n tables --config preset={args.preset}: {jobs[0][1]} training jobs; "
+              f"plan time median {statistics.median(times):.2f} s (min {min(times):.2f}, {args.repeats} runs; "
+              f"target < 5 s: {'met' if statistics.median(times) < 5 else 'NOT met'})")
+
+
+def summarize(results: Path, wall: float | None) -> None:
+    rows = []
+    for f in sorted((results / "benchmarks" / "train").glob("*.tsv")):
+        with open(f) as fh:
+            rows.append(float(next(csv.DictReader(fh, delimiter="\t"))["s"]))
+    if not rows:
+        sys.exit(f"no per-job benchmark files under {results}/benchmarks/train")
+    print(f"training jobs: {len(rows)}; per job median {statistics.median(rows):.1f} s, "
+          f"max {max(rows):.1f} s, sum {sum(rows) / 60:.1f} job-minutes")
+    if wall:
+        print(f"wall time {wall / 60:.1f} min -> {len(rows) / (wall / 60):.1f} training jobs/minute "
+              f"(target <= 30 min: {'met' if wall <= 1800 else 'NOT met'}; aim 20)")
+
+
+def run(args) -> None:
+    if args.from_log:
+        summarize(REPO / args.results, None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = copy(Path(tmp))
+        t0 = time.perf_counter()
+        proc = snakemake(wd, "tables", "--cores", str(args.cores), "--resources", f"gpu={args.cores}",
+                         "--config", f"preset={args.preset}")
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(proc.stderr[-3000:])
+        results = next(p.parent.parent for p in wd.glob("results/**/benchmarks/train"))
+        print(f"preset {args.preset} on {args.cores} cores ({os.cpu_count()} CPUs here)")
+        summarize(results, wall)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("plan")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--repeats", type=int, default=3)
+    r = sub.add_parser("run")
+    r.add_argument("--preset", default="demo")
+    r.add_argument("--cores", type=int, default=2)
+    r.add_argument("--from-log", action="store_true", help="summarise a finished run instead of running one")
+    r.add_argument("--results", default="results", help="with --from-log: the results dir of that run")
+    args = ap.parse_args()
+    plan(args) if args.what == "plan" else run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The CI preset end to end, with a kill in the middle: real training, real tables, real MLflow.
+
+One scenario (minutes on 2 cores), on a temporary copy of the workflow:
+1. start `snakemake tables` on the ci preset and kill -9 the whole process group as soon as one
+   cell has finished and another has written a checkpoint but no metrics.json yet;
+2. rerun the same command: it finishes, finished cells are not retrained, the killed cell resumes
+   from its checkpoint;
+3. every table and figure exists, every own-row cell of every table is filled, and MLflow holds one
+   FINISHED run per cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_workflow import copy_workflow  # tests/ is on sys.path (pytest rootdir-relative import)
+
+from mhsa.study import build_study, load_config, table_number
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "tables", "--cores", "2", "--resources", "gpu=2",
+             "--config", "preset=ci"]
+
+
+def _env(wd: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{wd / 'mlflow.db'}"
+    return env
+
+
+def _kill_mid_run(wd: Path, results: Path, timeout: float = 600) -> str | None:
+    """Run until one cell is done and another is mid-training, then kill -9 the process group."""
+    proc = subprocess.Popen(SNAKEMAKE, cwd=wd, env=_env(wd), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    victim = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = {p.parent.name for p in (results / "runs").glob("*/metrics.json")}
+            running = [p.parent.name for p in (results / "checkpoints").glob("*/*/last.pt")
+                       if p.parent.parent.name not in done]
+            if done and running:
+                victim = running[0]
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return victim
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    wd = copy_workflow(tmp_path_factory.mktemp("ci"))
+    results = wd / "results" / "ci"
+    _kill_mid_run(wd, results)
+    finished_before = {p.parent.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*/metrics.json")}
+    killed = [p.parent.parent.name for p in (results / "checkpoints").glob("*/*/last.pt")
+              if p.parent.parent.name not in finished_before]
+    rerun = subprocess.run(SNAKEMAKE, cwd=wd, env=_env(wd), capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    return wd, results, finished_before, killed
+
+
+def test_rerun_after_kill_keeps_finished_cells_and_resumes_the_killed_one(ci_run):
+    wd, results, finished_before, killed = ci_run
+    assert finished_before, "the kill came before any cell finished"
+    for cell, mtime in finished_before.items():
+        assert (results / "runs" / cell / "metrics.json").stat().st_mtime_ns == mtime, f"{cell} was retrained"
+    assert killed, "no cell was caught mid-training"
+    for cell in killed:
+        log = (results / "logs" / "train" / f"{cell}.log").read_text()
+        assert "resuming" in log, f"{cell} did not resume from its checkpoint"
+
+
+def test_every_table_and_figure_exists_and_every_own_cell_is_filled(ci_run):
+    wd, results, _, _ = ci_run
+    study = build_study(load_config(wd / "config.yaml"), "ci")
+    for table in study.table_ids():
+        n = table_number(table)
+        for ext in ("csv", "md", "html", "tex"):
+            assert (results / "tables" / f"table_{n}.{ext}").stat().st_size > 0
+        df = pd.read_csv(results / "tables" / f"table_{n}.csv")
+        own = df[df["own"].astype(bool)]
+        assert len(own) > 0 and own["ours"].notna().all(), f"Table {table} has empty own cells"
+        assert own["paper"].notna().all()
+        assert ((own["ours"] >= 0) & (own["ours"] <= 100)).all()
+    figures = list((results / "figures").glob("*.png"))
+    assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+
+
+def test_mlflow_has_one_finished_run_per_cell(ci_run):
+    from mlflow.tracking import MlflowClient
+
+    wd, results, _, _ = ci_run
+    study = build_study(load_config(wd / "config.yaml"), "ci")
+    client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mhsa-ci")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(study.cells), "one MLflow run per cell, no strays"
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        metrics = json.loads((results / "runs" / r.info.run_name / "metrics.json").read_text())
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+        assert sorted(set(steps)) == list(range(1, metrics["train"]["epochs"] + 1))
+        assert r.data.tags["feeds"] and r.data.tags["git_sha"]
