@@ -81,7 +81,6 @@ class EvalConfig:
     # test set -> {"root": path, "modes": [...]}; empty: the training set in its default modes
     targets: dict = field(default_factory=dict)
     every: int = 0  # also evaluate every N epochs (0: at the end only)
-    max_rank: int = 50
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
@@ -104,7 +103,6 @@ class RunConfig:
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     checkpoint_every: int = 10
-    log_every: int = 0  # progress bar refresh in iterations (0: per-epoch line only)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,6 +252,29 @@ def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
         return build_run_config(data, None, dotted)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+# What defines the trained weights. Everything else (device, threads, workers, batch size at test
+# time, checkpoint cadence, evaluation, tracking, where the data lives) may change without
+# invalidating a checkpoint.
+_RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "channels_last", "eval", "tracking",
+                 "data.root", "data.workers", "data.test_batch"}
+
+
+def weights_config(cfg: RunConfig) -> dict:
+    """The part of the config that determines the trained weights (flattened, dotted keys)."""
+    from mhsa.tracking import flatten
+
+    flat = flatten(cfg.to_dict())
+    return {k: v for k, v in sorted(flat.items())
+            if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS}
+
+
+def weights_digest(cfg: RunConfig) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(weights_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

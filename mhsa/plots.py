@@ -27,11 +27,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from mhsa.io import atomic_write_bytes  # noqa: E402
 from mhsa.study import Study, build_study, cell_id, load_config, table_number, variant_knobs  # noqa: E402
 from mhsa.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
-    atomic_write_bytes,
     load_metrics,
     load_paper,
     seed_values,
@@ -427,7 +427,7 @@ def save_attention_overlay(
         vmin = min(float(up[i].min()), 0.0)
         panels = [(None, "image")] + [(up[i, h], f"head {h + 1}") for h in range(k)]
         if k > 1:
-            panels.append((up[i].max(axis=0), "max"))
+            panels.append((upsample_bilinear(alpha[i].max(axis=0), H, W), "max"))
         for j, (amap, label) in enumerate(panels):
             ax = axes[i][j]
             ax.imshow(imgs[i])
@@ -500,7 +500,9 @@ def plot_attention_grid(
     for i in range(n):
         axes[i][0].imshow(imgs[i])
         for j, (_, _, alpha) in enumerate(loaded, start=1):
-            amap = upsample_bilinear(alpha[i], H, W).max(axis=0)
+            # max over heads at feature resolution, then upsampled: the max of upsampled maps is
+            # convex between feature pixels and paints stripes that are not in the attention
+            amap = upsample_bilinear(alpha[i].max(axis=0), H, W)
             axes[i][j].imshow(imgs[i])
             axes[i][j].imshow(amap, cmap="jet", alpha=0.5)
         for j in range(cols):

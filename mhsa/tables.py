@@ -15,15 +15,14 @@ import html
 import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mhsa.io import atomic_write_text
 from mhsa.study import Study, build_study, load_config, table_number
 
 log = logging.getLogger(__name__)
@@ -52,31 +51,6 @@ def synthetic_banner(preset: str = "demo") -> str:
         f"SYNTHETIC DATA: these are synthetic-data numbers from the {preset} preset, "
         "not comparable to the paper's."
     )
-
-
-# ----------------------------------------------------------------------------- I/O helpers
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp file next to `path`, then os.replace it (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_paper(path: str | Path | None = None) -> pd.DataFrame:

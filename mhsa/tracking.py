@@ -141,13 +141,16 @@ class CellTracker:
     def _run_exists(self, run_id: str) -> bool:
         """False when the store has no such run (e.g. MLFLOW_TRACKING_URI changed since the crash)."""
         try:
-            _retry(self._client.get_run, run_id)
-            return True
+            run = _retry(self._client.get_run, run_id)
         except Exception as err:
-            if "locked" in str(err).lower():
+            if "locked" in str(err).lower() or "busy" in str(err).lower():
                 raise
             log.warning("MLflow run %s is not in %s: starting a new run", run_id, self.uri)
             return False
+        if run.info.lifecycle_stage != "active":
+            log.warning("MLflow run %s was deleted: starting a new run", run_id)
+            return False
+        return True
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if not self.enabled or self.run_id is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhsa.config import RunConfig, save_config
+from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
@@ -130,6 +132,28 @@ def test_loader(cfg: RunConfig, items: list, device: torch.device) -> DataLoader
                       num_workers=d.workers, pin_memory=device.type == "cuda")
 
 
+def _save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as fh:  # a handle: np.savez would append ".npz" to a bare temp name
+        np.savez_compressed(fh, **arrays)
+
+
+def _sigterm_as_interrupt():
+    """SLURM and Snakemake stop jobs with SIGTERM: turn it into KeyboardInterrupt so the MLflow run
+    is marked KILLED (the checkpoint is already on disk; the rerun resumes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ------------------------------------------------------------------------ checkpoint
 def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -141,13 +165,30 @@ def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class StaleCheckpointError(ValueError):
+    """The checkpoint was trained under another config: resuming it would report the wrong model."""
+
+
+def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
+    saved = state.get("weights_config", {})
+    now = {k: str(v) for k, v in weights_config(cfg).items()}
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8])
+        raise StaleCheckpointError(
+            f"checkpoint {path} was trained with another config ({shown}); delete it to start over, "
+            "or pass another --out/--ckpt-dir")
+
+
 # ------------------------------------------------------------------------ evaluation
 def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) -> dict:
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
         base = sorted({m.removesuffix("_rerank") for m in modes})
-        kw = {"device": device, "modes": base, "amp_dtype": None, "channels_last": False}
+        cuda = device.type == "cuda"
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
+        kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
         q = extract_features(model, test_loader(cfg, ds.query, device), **kw)
         g = extract_features(model, test_loader(cfg, ds.gallery, device), **kw)
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
@@ -225,9 +266,11 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     start_epoch, history, train_seconds, images_seen, run_id = 0, [], 0.0, 0, None
     state = load_checkpoint(ckpt_path)
     if state is not None:
+        check_resumable(cfg, state, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # a disabled scaler (CPU, bf16) saves {}, which load_state_dict rejects
+            scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], state["history"]
         train_seconds, images_seen, run_id = state["train_seconds"], state["images_seen"], state["run_id"] or None
         log.info("resuming %s from %s (epoch %d)", cfg.name, ckpt_path, start_epoch)
@@ -240,15 +283,15 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     tracker = CellTracker(tracking_uri, cfg.tracking.experiment, enabled=cfg.tracking.enabled)
     tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(device), **env,
             **{k: str(v) for k, v in cfg.tracking.tags.items()}}
-    run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=run_id)
-    if run_id:
-        atomic_write_text(run_id_file, run_id)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     persistent = device.type == "cuda" and cfg.data.workers > 0
-    loader = train_loader(cfg, train_set, sampler, device, start_epoch + 1) if persistent else None
+    previous_sigterm = _sigterm_as_interrupt()
     try:
+        run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=run_id)
+        if run_id:
+            atomic_write_text(run_id_file, run_id)
+        loader = train_loader(cfg, train_set, sampler, device, start_epoch + 1) if persistent else None
         for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
             seed_everything(cfg.seed, epoch)
             sampler.set_epoch(epoch)
@@ -258,7 +301,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
             model.train()
             if not persistent:
                 loader = train_loader(cfg, train_set, sampler, device, epoch)
-            sums: dict[str, float] = {}
+            names, sums = None, None
             n_iter, t0 = 0, time.perf_counter()
             bar = Progress(len(loader), f"epoch {epoch}/{cfg.optim.epochs}")
             for imgs, batch_pids, _, _ in loader:
@@ -267,13 +310,16 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                 with autocast_for(cfg, device):
                     outputs = model(imgs)
                 total, terms = criterion(outputs, batch_pids)
-                for name, value in [("total", total), *terms.items()]:
-                    if not torch.isfinite(value).all():
-                        raise NonFiniteLossError(
-                            f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {n_iter + 1}: "
-                            f"term {name!r} = {float(value)} (lr {lr:g}, loss weights lambda1={lo.lambda1:g} "
-                            f"lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} gamma={lo.gamma:g}); "
-                            "lower optim.lr or check the data")
+                # One host sync per step: all terms checked and summed on the device together.
+                names = names or ["loss", *terms]
+                values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
+                if not bool(torch.isfinite(values).all()):
+                    bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
+                    raise NonFiniteLossError(
+                        f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {n_iter + 1}: "
+                        f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
+                        f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
+                        f"gamma={lo.gamma:g}); lower optim.lr or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.optim.grad_clip:
@@ -282,14 +328,15 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                 scaler.step(optimizer)
                 scaler.update()
                 n_iter += 1
-                for name, value in [("loss", total), *terms.items()]:
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                bar.update(n_iter, f"loss {float(total.detach()):.3f}")
+                sums = values if sums is None else sums + values
+                if bar.enabled:
+                    bar.update(n_iter, f"loss {float(values[0]):.3f}")
             bar.close()
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             images_seen += n_iter * imgs.shape[0] if n_iter else 0
-            row = {"epoch": epoch, **{k: v / max(n_iter, 1) for k, v in sums.items()}, "lr": lr,
+            means = (sums / max(n_iter, 1)).tolist() if sums is not None else []
+            row = {"epoch": epoch, **dict(zip(names or [], means, strict=True)), "lr": lr,
                    "images_per_s": n_iter * cfg.data.p * cfg.data.k / max(seconds, 1e-9)}
             history.append(row)
             log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
@@ -303,12 +350,13 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                 save_checkpoint(ckpt_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                    "train_seconds": train_seconds, "images_seen": images_seen, "run_id": run_id or ""})
+                    "train_seconds": train_seconds, "images_seen": images_seen, "run_id": run_id or "",
+                    "weights_config": {k: str(v) for k, v in weights_config(cfg).items()}})
 
         results = evaluate_cell(cfg, model, targets, device)
         first = next(iter(targets.values()))[0]
         att = attention_maps(cfg, model, first, device)
-        atomic_write(out_dir / "attention.npz", lambda tmp: np.savez_compressed(open(tmp, "wb"), **att))
+        atomic_write(out_dir / "attention.npz", lambda tmp: _save_npz(tmp, att))
         if device.type == "cuda":
             peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
         else:
@@ -330,6 +378,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        _restore_sigterm(previous_sigterm)
     tracker.finish("FINISHED")
     return metrics
 

@@ -27,7 +27,7 @@ from mhsa.study import build_study, load_config, table_number
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "tables", "--cores", "2", "--resources", "gpu=2",
-             "--config", "preset=ci"]
+             "--rerun-incomplete", "--config", "preset=ci"]
 
 
 def _env(wd: Path) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -245,20 +244,6 @@ def test_write_table_files(tmp_path, study, metrics, paper):
     assert "synthetic" not in (tmp_path / "table_2.md").read_text().lower()
 
 
-def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "table_1.md"
-    T.atomic_write_text(target, "old")
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(T.os, "replace", boom)
-    with pytest.raises(OSError):
-        T.atomic_write_text(target, "new")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["table_1.md"]
-
-
 def test_build_all_and_cli(tmp_path, config, study, runs):
     out = tmp_path / "tables"
     frames = T.build_all(study, runs, out)
@@ -281,8 +266,3 @@ def test_build_all_and_cli(tmp_path, config, study, runs):
 def test_unknown_table(study, paper):
     with pytest.raises(KeyError):
         T.tidy_table(study, "I", {}, paper)  # not in the ci preset
-
-
-def test_no_temp_files_left(tmp_path):
-    T.atomic_write_bytes(tmp_path / "a" / "b.bin", b"x" * 10)
-    assert os.listdir(tmp_path / "a") == ["b.bin"]

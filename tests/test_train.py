@@ -86,7 +86,21 @@ def test_interrupted_run_resumes_to_identical_metrics_in_one_mlflow_run(data_roo
     exp = client.get_experiment_by_name("test")
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'resumed'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) >= [1, 2, 3]
+    assert sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}) == [1, 2, 3]
+
+
+def test_changed_config_refuses_the_stale_checkpoint(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path, name="stale")
+    cfg.optim.epochs = 1
+    train_mod.train_cell(cfg, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
+    changed = tiny_cfg(data_root, tmp_path, name="stale", loss={"lambda1": 0.5})
+    changed.optim.epochs = 1
+    with pytest.raises(train_mod.StaleCheckpointError, match=r"loss\.lambda1: 0\.0001 -> 0\.5"):
+        train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
+    # Runtime settings do not invalidate it: more workers or another test batch resume fine.
+    same = tiny_cfg(data_root, tmp_path, name="stale", data={"test_batch": 7})
+    same.optim.epochs = 1
+    assert train_mod.train_cell(same, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))["eval"]
 
 
 def test_four_cells_at_once_share_one_sqlite_store(data_root, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_flag  # `report(` may not start a line in .smk files
 
+from mhsa.config import build_run_config, weights_digest
 from mhsa.study import StudyError, build_study, cell_overrides, dataset_root, table_number
 
 try:
@@ -92,9 +93,13 @@ def needed_datasets(cell_ids=None):
     return names
 
 
-def synthetic_seed(wildcards):
+def dataset_seed(name):
     """A fixed seed per data set (its position under `datasets:`), distinct across data sets."""
-    return 1000 + DATASETS.index(wildcards.name)
+    return 1000 + DATASETS.index(name)
+
+
+def synthetic_seed(wildcards):
+    return dataset_seed(wildcards.name)
 
 
 def synthetic_root(wildcards):
@@ -125,14 +130,17 @@ def train_overrides(wildcards):
 
 
 def run_digest(wildcards):
-    """Short hash of what defines the trained weights: the recipe and the cell's params minus
-    evaluation, tracking and data roots (a new test mode or a moved data set reruns the job,
-    which then resumes from the final checkpoint and only re-evaluates)."""
-    recipe = {k: v for k, v in CFG["recipe"].items() if k != "eval"}
-    over = {k: v for k, v in train_overrides(wildcards).items() if k not in ("eval", "tracking")}
-    over["data"] = {k: v for k, v in over.get("data", {}).items() if k != "root"}  # moved data
-    blob = json.dumps([recipe, over], sort_keys=True, default=str)
-    return sha1(blob.encode()).hexdigest()[:10]
+    """Short hash of what defines the trained weights (`mhsa.config.weights_digest`: model, loss,
+    optimiser, data size/sampling/augmentation, seed, precision) plus, for synthetic presets, the
+    generator settings and seed of the training set. Runtime settings (workers, threads, devices,
+    checkpoint cadence), evaluation, tracking and data roots are not in it: changing them reuses
+    the checkpoint (a new test mode resumes from the final epoch and only re-evaluates)."""
+    cfg = build_run_config(CFG["recipe"], train_overrides(wildcards))
+    extra = ""
+    if SYNTHETIC:
+        train_set = STUDY.cells[wildcards.cell].dataset
+        extra = json.dumps([CFG["synthetic"], dataset_seed(train_set)], sort_keys=True)
+    return sha1((weights_digest(cfg) + extra).encode()).hexdigest()[:10]
 
 
 def checkpoint_dir(wildcards):
