@@ -1,8 +1,8 @@
 """The CI preset end to end, with a kill in the middle: real training, real tables, real MLflow.
 
 One scenario (minutes on 2 cores), on a temporary copy of the workflow:
-1. start `snakemake tables` on the ci preset and kill -9 the whole process group as soon as one
-   cell has finished and another has written a checkpoint but no metrics.json yet;
+1. start `snakemake tables` on the ci preset and kill -9 the training jobs as soon as one cell has
+   finished and another has written a checkpoint but no metrics.json yet;
 2. rerun the same command: it finishes, finished cells are not retrained, the killed cell resumes
    from its checkpoint;
 3. every table and figure exists, every own-row cell of every table is filled, and MLflow holds one
@@ -36,33 +36,56 @@ def _env(wd: Path) -> dict:
     return env
 
 
-def _kill_mid_run(wd: Path, results: Path, timeout: float = 600) -> str | None:
-    """Run until one cell is done and another is mid-training, then kill -9 the process group."""
+def _training_jobs(wd: Path) -> list[int]:
+    """PIDs of the train_cell job processes Snakemake started in `wd`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "train_cell.py" in cmd and str(wd) in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _kill_jobs_mid_run(wd: Path, results: Path, timeout: float = 600) -> int:
+    """Run until one cell is done and another is mid-training, then kill -9 the training jobs.
+
+    Snakemake sees the jobs die, stops and releases its lock, as after an OOM kill or a crash.
+    """
     proc = subprocess.Popen(SNAKEMAKE, cwd=wd, env=_env(wd), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
-    victim = None
+    killed = []
     try:
-        while time.time() < deadline and proc.poll() is None:
-            done = {p.parent.name for p in (results / "runs").glob("*/metrics.json")}
-            running = [p.parent.name for p in (results / "checkpoints").glob("*/*/last.pt")
+        while time.time() < deadline and proc.poll() is None and not killed:
+            # finished = Snakemake wrote the job's benchmark file (metrics.json appears while the
+            # job still logs its artifacts)
+            done = {p.stem for p in (results / "benchmarks" / "train").glob("*.tsv")}
+            running = [p for p in (results / "checkpoints").glob("*/*/last.pt")
                        if p.parent.parent.name not in done]
             if done and running:
-                victim = running[0]
-                break
-            time.sleep(0.1)
+                for pid in _training_jobs(wd):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+        returncode = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return victim
+            proc.wait()
+    assert killed, "no training job was caught mid-run"
+    return returncode
 
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
     wd = copy_workflow(tmp_path_factory.mktemp("ci"))
     results = wd / "results" / "ci"
-    _kill_mid_run(wd, results)
+    assert _kill_jobs_mid_run(wd, results) != 0, "snakemake should report the killed jobs"
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*/metrics.json")}
     killed = [p.parent.parent.name for p in (results / "checkpoints").glob("*/*/last.pt")
               if p.parent.parent.name not in finished_before]
