@@ -261,10 +261,20 @@ _RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "channels_last
                  "data.root", "data.workers", "data.test_batch"}
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1} (empty sections stay as values)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def weights_config(cfg: RunConfig) -> dict:
     """The part of the config that determines the trained weights (flattened, dotted keys)."""
-    from mhsa.tracking import flatten
-
     flat = flatten(cfg.to_dict())
     return {k: v for k, v in sorted(flat.items())
             if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS}

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mhsa.config import flatten
+
 log = logging.getLogger("mhsa.tracking")
 
 _RETRIES = 12
@@ -75,17 +77,6 @@ def init_store(uri: str, experiment_names: list[str]) -> None:
     client = _client(uri)
     for name in experiment_names:
         _experiment_id(client, name)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 class CellTracker:
