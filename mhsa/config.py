@@ -273,10 +273,11 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def weights_config(cfg: RunConfig) -> dict:
-    """The part of the config that determines the trained weights (flattened, dotted keys)."""
+def weights_config(cfg: RunConfig) -> dict[str, str]:
+    """The part of the config that determines the trained weights: dotted keys -> values as strings
+    (the form a checkpoint stores and compares, and the digest hashes)."""
     flat = flatten(cfg.to_dict())
-    return {k: v for k, v in sorted(flat.items())
+    return {k: str(v) for k, v in sorted(flat.items())
             if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS}
 
 
@@ -284,7 +285,7 @@ def weights_digest(cfg: RunConfig) -> str:
     import hashlib
     import json
 
-    return hashlib.sha1(json.dumps(weights_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(weights_config(cfg), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

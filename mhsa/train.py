@@ -170,8 +170,7 @@ class StaleCheckpointError(ValueError):
 
 
 def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
-    saved = state.get("weights_config", {})
-    now = {k: str(v) for k, v in weights_config(cfg).items()}
+    saved, now = state.get("weights_config", {}), weights_config(cfg)
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8])
@@ -333,11 +332,12 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                     bar.update(n_iter, f"loss {float(values[0]):.3f}")
             bar.close()
             seconds = time.perf_counter() - t0
+            images = n_iter * cfg.data.p * cfg.data.k  # every batch is full (drop_last)
             train_seconds += seconds
-            images_seen += n_iter * imgs.shape[0] if n_iter else 0
+            images_seen += images
             means = (sums / max(n_iter, 1)).tolist() if sums is not None else []
             row = {"epoch": epoch, **dict(zip(names or [], means, strict=True)), "lr": lr,
-                   "images_per_s": n_iter * cfg.data.p * cfg.data.k / max(seconds, 1e-9)}
+                   "images_per_s": images / max(seconds, 1e-9)}
             history.append(row)
             log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
                      "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
@@ -351,7 +351,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
                     "train_seconds": train_seconds, "images_seen": images_seen, "run_id": run_id or "",
-                    "weights_config": {k: str(v) for k, v in weights_config(cfg).items()}})
+                    "weights_config": weights_config(cfg)})
 
         results = evaluate_cell(cfg, model, targets, device)
         first = next(iter(targets.values()))[0]
