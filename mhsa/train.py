@@ -1,11 +1,17 @@
-"""Train and evaluate one ablation cell: the paper's recipe in one flat loop.
+"""Train and evaluate one ablation cell: the paper's recipe (Sec. VII-B) as a flat loop.
 
     cfg = load_config("mhsa/configs/smoke.yaml"); train_cell(cfg, "results/runs/smoke")
+
+`train_cell` reads top to bottom: `set_up` (data, seeded model, loss, optimiser) and `resume`, then
+per epoch `train_one_epoch` (`forward_backward` per P x K batch) and `end_of_epoch` (log, optional
+evaluation, checkpoint), then `final_report` (evaluation, attention maps, metrics.json). The
+optimiser and the learning-rate schedule live in `mhsa.optim`.
 
 Checkpoints (every `checkpoint_every` epochs, atomic) live in `ckpt_dir`, outside the DAG's
 declared outputs: rerunning after a crash or kill resumes from the last one. Each epoch
 re-seeds every RNG from (seed, epoch), so a resumed CPU run ends bit-identical to an
 uninterrupted one. Results go to `out_dir/metrics.json` (atomic), MLflow mirrors them.
+Training draws no figures: the figures step renders `attention.npz`.
 """
 
 from __future__ import annotations
@@ -17,21 +23,24 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhsa.config import RunConfig, save_config, weights_config
+from mhsa.config import ConfigError, RunConfig, save_config, weights_config
 from mhsa.data import datasets
+from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
-from mhsa.model import build_model
+from mhsa.model.build import build_model_from_config
+from mhsa.optim import lr_at, make_optimizer, set_lr
 from mhsa.progress import Progress
 from mhsa.provenance import environment
 from mhsa.tracking import CellTracker
@@ -45,12 +54,23 @@ class NonFiniteLossError(FloatingPointError):
 
 # ---------------------------------------------------------------------------- setup
 def pick_device(name: str) -> torch.device:
+    """The `device` config key -> torch.device; a device this machine cannot use is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"config key 'device' is {name!r} but no CUDA device is visible "
-                           f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"config key 'device': {name!r} is not a device this harness runs on; "
+                          "use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} but no CUDA device is visible "
+                          "(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"config key 'device': {name!r} but only {torch.cuda.device_count()} CUDA "
+                          "device(s) are visible; use device: cuda (the first) or auto")
+    return device
 
 
 def seed_everything(seed: int, epoch: int = 0) -> int:
@@ -59,24 +79,6 @@ def seed_everything(seed: int, epoch: int = 0) -> int:
     torch.manual_seed(s)
     np.random.seed(s)
     return s
-
-
-def lr_at(cfg: RunConfig, epoch: int) -> float:
-    """Linear warm-up over the first `warmup_epochs`, then step decay at each milestone."""
-    o = cfg.optim
-    if o.warmup_epochs and epoch <= o.warmup_epochs:
-        frac = (epoch - 1) / max(o.warmup_epochs, 1)
-        return o.lr * (o.warmup_factor + (1 - o.warmup_factor) * frac)
-    return o.lr * o.decay ** sum(epoch > m for m in o.milestones)
-
-
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for n, p in model.named_parameters()
-              if not (cfg.optim.freeze_attention_mlp and n.startswith("mhsam.attention"))]
-    if cfg.optim.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                               weight_decay=cfg.optim.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
 
 def ensure_data(name: str, root: str, synthetic: dict | None):
@@ -225,153 +227,62 @@ def attention_maps(cfg: RunConfig, model, ds, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- train
+@dataclass
+class Cell:
+    """One cell's live state: what `set_up` builds and each epoch carries on (and the checkpoint keeps)."""
+
+    cfg: RunConfig
+    device: torch.device
+    train_set: ReidDataset
+    targets: dict  # test set -> (ReidDataset, modes)
+    sampler: PKSampler
+    model: torch.nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    memory_format: torch.memory_format
+    ckpt_dir: Path
+    epoch: int = 0  # epochs finished
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    run_id: str | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def run_id_file(self) -> Path:
+        return self.ckpt_dir / "mlflow_run_id"
+
+    @property
+    def persistent_loader(self) -> bool:
+        return self.device.type == "cuda" and self.cfg.data.workers > 0
+
+
 def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None = None,
                tracking_uri: str | None = None) -> dict:
+    """Train one cell (resuming from `ckpt_dir/last.pt` if there) and evaluate it; returns metrics.json's dict."""
+    device = pick_device(cfg.device)
     out_dir = Path(out_dir)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = ckpt_dir / "last.pt"
-    device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = environment()
     log.info("cell %s | git %s | host %s | torch %s | device %s", cfg.name, env["git_sha"], env["host"],
              env["torch"], device)
-
-    # Data first: a missing root fails here, before any model is built.
-    train_set = ensure_data(cfg.data.dataset, cfg.data.root, cfg.data.synthetic)
-    if not train_set.train:
-        raise ValueError(f"data set {cfg.data.dataset!r} at {cfg.data.root!r} has no training images "
-                         "(Partial-REID/iLIDS are test-only: train on market1501 and list them in eval.targets)")
-    targets = eval_targets(cfg)
-    pids = [pid for _, pid, _ in train_set.train]
-    sampler = PKSampler(pids, cfg.data.p, cfg.data.k, seed=cfg.seed)
-
-    seed_everything(cfg.seed)
-    m = cfg.model
-    model = build_model(train_set.num_train_pids, num_heads=m.num_heads, backbone=m.backbone,
-                        pretrained=m.pretrained, mhsam=m.mhsam, fusion=m.fusion, residual=m.residual,
-                        last_stride=m.last_stride, attention_layers=m.attention_layers,
-                        feat_dim=m.feat_dim).to(device)
-    fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    lo = cfg.loss
-    criterion = Criterion(lambda1=lo.lambda1, lambda2=lo.lambda2, lambda3=lo.lambda3, gamma=lo.gamma,
-                          global_ce=lo.global_ce, label_smoothing=lo.label_smoothing, fdrt_norm=lo.fdrt_norm,
-                          competition_form=lo.competition_form, ihtl_self_positive=lo.ihtl_self_positive)
-    optimizer = make_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
-
-    start_epoch, history, train_seconds, images_seen, run_id = 0, [], 0.0, 0, None
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        check_resumable(cfg, state, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # a disabled scaler (CPU, bf16) saves {}, which load_state_dict rejects
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
-        train_seconds, images_seen, run_id = state["train_seconds"], state["images_seen"], state["run_id"] or None
-        log.info("resuming %s from %s (epoch %d)", cfg.name, ckpt_path, start_epoch)
-
-    # The run id is kept beside the checkpoints from the start, so a cell killed before its first
-    # checkpoint still continues its own MLflow run instead of leaving a stray RUNNING one.
-    run_id_file = ckpt_dir / "mlflow_run_id"
-    if run_id is None and run_id_file.exists():
-        run_id = run_id_file.read_text().strip() or None
-    tracker = CellTracker(tracking_uri, cfg.tracking.experiment, enabled=cfg.tracking.enabled)
-    tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(device), **env,
-            **{k: str(v) for k, v in cfg.tracking.tags.items()}}
+    cell = set_up(cfg, device, ckpt_dir)
+    resume(cell)
+    tracker = open_tracker(cell, tracking_uri)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    persistent = device.type == "cuda" and cfg.data.workers > 0
     previous_sigterm = _sigterm_as_interrupt()
     try:
-        run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=run_id)
-        if run_id:
-            atomic_write_text(run_id_file, run_id)
-        loader = train_loader(cfg, train_set, sampler, device, start_epoch + 1) if persistent else None
-        for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
-            seed_everything(cfg.seed, epoch)
-            sampler.set_epoch(epoch)
-            lr = lr_at(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            if not persistent:
-                loader = train_loader(cfg, train_set, sampler, device, epoch)
-            names, sums = None, None
-            n_iter, t0 = 0, time.perf_counter()
-            bar = Progress(len(loader), f"epoch {epoch}/{cfg.optim.epochs}")
-            for imgs, batch_pids, _, _ in loader:
-                imgs = imgs.to(device, non_blocking=True, memory_format=fmt)
-                batch_pids = batch_pids.to(device, non_blocking=True)
-                with autocast_for(cfg, device):
-                    outputs = model(imgs)
-                total, terms = criterion(outputs, batch_pids)
-                # One host sync per step: all terms checked and summed on the device together.
-                names = names or ["loss", *terms]
-                values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
-                if not bool(torch.isfinite(values).all()):
-                    bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
-                    raise NonFiniteLossError(
-                        f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {n_iter + 1}: "
-                        f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
-                        f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
-                        f"gamma={lo.gamma:g}); lower optim.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                n_iter += 1
-                sums = values if sums is None else sums + values
-                if bar.enabled:
-                    bar.update(n_iter, f"loss {float(values[0]):.3f}")
-            bar.close()
-            seconds = time.perf_counter() - t0
-            images = n_iter * cfg.data.p * cfg.data.k  # every batch is full (drop_last)
-            train_seconds += seconds
-            images_seen += images
-            means = (sums / max(n_iter, 1)).tolist() if sums is not None else []
-            row = {"epoch": epoch, **dict(zip(names or [], means, strict=True)), "lr": lr,
-                   "images_per_s": images / max(seconds, 1e-9)}
-            history.append(row)
-            log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
-                     "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cfg.optim.epochs:
-                mid = evaluate_cell(cfg, model, targets, device)
-                tracker.log_metrics({f"{t}.{mode}.{k}": v for t, r in mid.items() for mode, ms in r.items()
-                                     for k, v in ms.items() if k in ("rank1", "mAP")}, step=epoch)
-            if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.optim.epochs:
-                save_checkpoint(ckpt_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                    "train_seconds": train_seconds, "images_seen": images_seen, "run_id": run_id or "",
-                    "weights_config": weights_config(cfg)})
-
-        results = evaluate_cell(cfg, model, targets, device)
-        first = next(iter(targets.values()))[0]
-        att = attention_maps(cfg, model, first, device)
-        atomic_write(out_dir / "attention.npz", lambda tmp: _save_npz(tmp, att))
-        if device.type == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        metrics = {
-            "cell": cfg.name,
-            "config": cfg.to_dict(),
-            "eval": results,
-            "train": {"seconds": train_seconds, "images_per_s": images_seen / max(train_seconds, 1e-9),
-                      "peak_mem_mb": peak_mb, "epochs": cfg.optim.epochs, "device": str(device),
-                      "mlflow_run_id": run_id, **env},
-            "history": history,
-        }
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        _log_final(tracker, cfg, metrics, out_dir, att)
+        start_run(cell, tracker, env)
+        train_epochs(cell, tracker)
+        metrics = final_report(cell, tracker, out_dir, env)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -384,15 +295,184 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     return metrics
 
 
-def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path, att: dict) -> None:
-    save_config(cfg, out_dir / "config.yaml")
-    try:
-        from mhsa.plots import save_attention_overlay
+def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
+    """Data first (a missing root fails here, before any model is built), then the model from the run
+    seed, the loss, the optimiser and the AMP scaler."""
+    train_set = ensure_data(cfg.data.dataset, cfg.data.root, cfg.data.synthetic)
+    if not train_set.train:
+        raise ConfigError(f"config key 'data.dataset': {cfg.data.dataset!r} at {cfg.data.root!r} has no "
+                          "training images (Partial-REID/iLIDS are test-only: train on market1501 and list "
+                          "them in eval.targets)")
+    targets = eval_targets(cfg)
+    sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
+    seed_everything(cfg.seed)  # the initial weights depend on the run seed only
+    fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
+    model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
+    return Cell(
+        cfg=cfg, device=device, train_set=train_set, targets=targets, sampler=sampler, model=model,
+        criterion=Criterion.from_config(cfg.loss), optimizer=make_optimizer(cfg.optim, model),
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16"),
+        memory_format=fmt, ckpt_dir=ckpt_dir)
 
-        save_attention_overlay(att["images"], att["alpha"], out_dir / "attention.png",
-                               titles=[f"id {p}" for p in att["pids"]])
-    except Exception as err:  # a figure must never lose a finished cell
-        log.warning("attention overlay not drawn: %s", err)
+
+def resume(cell: Cell) -> None:
+    """Continue from the last checkpoint, if any; one trained under another config is refused."""
+    state = load_checkpoint(cell.ckpt_path)
+    if state is None:
+        return
+    check_resumable(cell.cfg, state, cell.ckpt_path)
+    cell.model.load_state_dict(state["model"])
+    cell.optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"]:  # a disabled scaler (CPU, bf16) saves {}, which load_state_dict rejects
+        cell.scaler.load_state_dict(state["scaler"])
+    cell.epoch, cell.history = state["epoch"], state["history"]
+    cell.train_seconds, cell.images_seen = state["train_seconds"], state["images_seen"]
+    cell.run_id = state["run_id"] or None
+    log.info("resuming %s from %s (epoch %d)", cell.cfg.name, cell.ckpt_path, cell.epoch)
+
+
+def checkpoint_state(cell: Cell) -> dict:
+    return {"model": cell.model.state_dict(), "optimizer": cell.optimizer.state_dict(),
+            "scaler": cell.scaler.state_dict(), "epoch": cell.epoch, "history": cell.history,
+            "train_seconds": cell.train_seconds, "images_seen": cell.images_seen,
+            "run_id": cell.run_id or "", "weights_config": weights_config(cell.cfg)}
+
+
+def open_tracker(cell: Cell, tracking_uri: str | None) -> CellTracker:
+    # The run id is kept beside the checkpoints from the start, so a cell killed before its first
+    # checkpoint still continues its own MLflow run instead of leaving a stray RUNNING one.
+    if cell.run_id is None and cell.run_id_file.exists():
+        cell.run_id = cell.run_id_file.read_text().strip() or None
+    return CellTracker(tracking_uri, cell.cfg.tracking.experiment, enabled=cell.cfg.tracking.enabled)
+
+
+def start_run(cell: Cell, tracker: CellTracker, env: dict) -> None:
+    cfg = cell.cfg
+    tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(cell.device), **env,
+            **{k: str(v) for k, v in cfg.tracking.tags.items()}}
+    cell.run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=cell.run_id)
+    if cell.run_id:
+        atomic_write_text(cell.run_id_file, cell.run_id)
+
+
+def train_epochs(cell: Cell, tracker: CellTracker) -> None:
+    """The remaining epochs; each starts from RNGs seeded by (seed, epoch) and its scheduled lr."""
+    cfg = cell.cfg
+    loader = None
+    if cell.persistent_loader:
+        loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, cell.epoch + 1)
+    for epoch in range(cell.epoch + 1, cfg.optim.epochs + 1):
+        seed_everything(cfg.seed, epoch)
+        cell.sampler.set_epoch(epoch)
+        lr = lr_at(cfg.optim, epoch)
+        set_lr(cell.optimizer, lr)
+        if not cell.persistent_loader:
+            loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, epoch)
+        row = train_one_epoch(cell, loader, epoch, lr)
+        end_of_epoch(cell, tracker, row)
+
+
+def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> dict:
+    """One pass over the P x K batches; returns the epoch's history row (each loss term's mean)."""
+    cell.model.train()
+    names, sums = None, None
+    n_iter, t0 = 0, time.perf_counter()
+    bar = Progress(len(loader), f"epoch {epoch}/{cell.cfg.optim.epochs}")
+    for imgs, pids, _, _ in loader:
+        step_names, values = forward_backward(cell, imgs, pids, epoch, n_iter + 1, lr)
+        names = names or step_names
+        n_iter += 1
+        sums = values if sums is None else sums + values
+        if bar.enabled:
+            bar.update(n_iter, f"loss {float(values[0]):.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    images = n_iter * cell.cfg.data.p * cell.cfg.data.k  # every batch is full (drop_last)
+    cell.epoch = epoch
+    cell.train_seconds += seconds
+    cell.images_seen += images
+    means = (sums / max(n_iter, 1)).tolist() if sums is not None else []
+    row = {"epoch": epoch, **dict(zip(names or [], means, strict=True)), "lr": lr,
+           "images_per_s": images / max(seconds, 1e-9)}
+    cell.history.append(row)
+    return row
+
+
+def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor, epoch: int, iteration: int,
+                     lr: float) -> tuple[list[str], torch.Tensor]:
+    """One optimiser step on one batch; returns the loss-term names ("loss" first) and their values."""
+    cfg, device = cell.cfg, cell.device
+    imgs = imgs.to(device, non_blocking=True, memory_format=cell.memory_format)
+    pids = pids.to(device, non_blocking=True)
+    with autocast_for(cfg, device):
+        outputs = cell.model(imgs)
+    total, terms = cell.criterion(outputs, pids)
+    # One host sync per step: all terms checked and summed on the device together.
+    names = ["loss", *terms]
+    values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
+    if not bool(torch.isfinite(values).all()):
+        bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
+        lo = cfg.loss
+        raise NonFiniteLossError(
+            f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {iteration}: "
+            f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
+            f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
+            f"gamma={lo.gamma:g}); lower optim.lr or check the data")
+    cell.optimizer.zero_grad(set_to_none=True)
+    cell.scaler.scale(total).backward()
+    if cfg.optim.grad_clip:
+        cell.scaler.unscale_(cell.optimizer)
+        torch.nn.utils.clip_grad_norm_(cell.model.parameters(), cfg.optim.grad_clip)
+    cell.scaler.step(cell.optimizer)
+    cell.scaler.update()
+    return names, values
+
+
+def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
+    """Log the epoch; evaluate every `eval.every` epochs; checkpoint every `checkpoint_every` and at the end."""
+    cfg, epoch = cell.cfg, cell.epoch
+    log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
+             "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+    tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cfg.optim.epochs:
+        mid = evaluate_cell(cfg, cell.model, cell.targets, cell.device)
+        tracker.log_metrics({f"{t}.{mode}.{k}": v for t, r in mid.items() for mode, ms in r.items()
+                             for k, v in ms.items() if k in ("rank1", "mAP")}, step=epoch)
+    if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.optim.epochs:
+        save_checkpoint(cell.ckpt_path, checkpoint_state(cell))
+
+
+# ---------------------------------------------------------------------------- report
+def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> dict:
+    """Evaluate on every test set; write attention.npz, metrics.json and config.yaml; mirror to MLflow."""
+    cfg, device = cell.cfg, cell.device
+    results = evaluate_cell(cfg, cell.model, cell.targets, device)
+    first = next(iter(cell.targets.values()))[0]
+    att = attention_maps(cfg, cell.model, first, device)
+    atomic_write(out_dir / "attention.npz", lambda tmp: _save_npz(tmp, att))
+    metrics = {
+        "cell": cfg.name,
+        "config": cfg.to_dict(),
+        "eval": results,
+        "train": {"seconds": cell.train_seconds,
+                  "images_per_s": cell.images_seen / max(cell.train_seconds, 1e-9),
+                  "peak_mem_mb": _peak_memory_mb(device), "epochs": cfg.optim.epochs, "device": str(device),
+                  "mlflow_run_id": cell.run_id, **env},
+        "history": cell.history,
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _log_final(tracker, cfg, metrics, out_dir)
+    return metrics
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path) -> None:
+    save_config(cfg, out_dir / "config.yaml")
     if not tracker.enabled:
         return
     final = {f"{t}.{mode}.{k}": v for t, r in metrics["eval"].items() for mode, ms in r.items()
@@ -400,5 +480,5 @@ def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Pat
     final.update({f"train.{k}": v for k, v in metrics["train"].items()
                   if isinstance(v, float | int) and not isinstance(v, bool)})
     tracker.log_metrics(final, step=cfg.optim.epochs)
-    for name in ("config.yaml", "metrics.json", "attention.png"):
+    for name in ("config.yaml", "metrics.json"):
         tracker.log_artifact(out_dir / name)

@@ -63,6 +63,12 @@ class Criterion(nn.Module):
         self.ihtl_self_positive = ihtl_self_positive
         self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
+    @classmethod
+    def from_config(cls, loss_cfg: object) -> Criterion:
+        """A Criterion from a config section: a dataclass (``mhsa.config.LossConfig``) or a dict whose keys
+        are ``Criterion``'s arguments."""
+        return cls(**(loss_cfg if isinstance(loss_cfg, dict) else vars(loss_cfg)))
+
     def forward(
         self, outputs: dict[str, torch.Tensor], pids: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -125,6 +125,13 @@ def build_model(
     return MHSANet(num_classes, num_heads=num_heads, backbone=backbone, pretrained=pretrained, **cfg)
 
 
+def build_model_from_config(num_classes: int, model_cfg: object) -> MHSANet:
+    """``build_model`` from a config section: a dataclass (``mhsa.config.ModelConfig``) or a dict whose keys
+    are ``build_model``'s arguments; an unknown key is an unknown switch (ValueError)."""
+    fields = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)
+    return build_model(num_classes, **fields)
+
+
 def _check_switches(cfg: dict[str, object]) -> None:
     for name in ("mhsam", "residual"):
         if not isinstance(cfg[name], bool):
