@@ -1,16 +1,22 @@
 """One cell end to end on a tiny synthetic data set: metrics.json, determinism, resume, MLflow."""
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from mhsa import optim
 from mhsa import train as train_mod
-from mhsa.config import build_run_config
+from mhsa.config import ConfigError, LossConfig, ModelConfig, OptimConfig, build_run_config
 from mhsa.data.datasets import DatasetNotFoundError
 from mhsa.data.synthetic import generate
+from mhsa.losses import Criterion
+from mhsa.model import build_model
+from mhsa.model.build import build_model_from_config
 
 METRICS = {"rank1", "rank5", "rank10", "mAP", "mINP", "mAP@50"}
 
@@ -56,6 +62,7 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
     assert {"ce_global", "ce_local", "triplet_local", "fdrt", "ihtl", "competition"} <= set(saved["history"][0])
     assert (tmp_path / "a" / "attention.npz").exists() and (tmp_path / "a" / "config.yaml").exists()
+    assert not (tmp_path / "a" / "attention.png").exists()  # the figures step draws it, not training
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
@@ -172,9 +179,90 @@ def test_unreachable_tracking_store_still_writes_metrics(data_root, tmp_path, ca
 
 def test_lr_schedule_matches_the_paper():
     cfg = build_run_config({})
-    assert train_mod.lr_at(cfg, 1) == pytest.approx(1e-5)
-    assert train_mod.lr_at(cfg, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 49 / 50))
-    assert train_mod.lr_at(cfg, 51) == pytest.approx(1e-3)
-    assert train_mod.lr_at(cfg, 200) == pytest.approx(1e-3)
-    assert train_mod.lr_at(cfg, 201) == pytest.approx(1e-4)
-    assert train_mod.lr_at(cfg, 301) == pytest.approx(1e-5)
+    assert optim.lr_at(cfg.optim, 1) == pytest.approx(1e-5)
+    assert optim.lr_at(cfg.optim, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 49 / 50))
+    assert optim.lr_at(cfg.optim, 51) == pytest.approx(1e-3)
+    assert optim.lr_at(cfg.optim, 200) == pytest.approx(1e-3)
+    assert optim.lr_at(cfg.optim, 201) == pytest.approx(1e-4)
+    assert optim.lr_at(cfg.optim, 301) == pytest.approx(1e-5)
+    # the whole run config reads its optim section; no warm-up starts at the full lr
+    assert [optim.lr_at(cfg, e) for e in (1, 50, 301)] == [optim.lr_at(cfg.optim, e) for e in (1, 50, 301)]
+    no_warmup = OptimConfig(lr=0.1, warmup_epochs=0, milestones=[1, 2], decay=0.5)
+    assert [optim.lr_at(no_warmup, e) for e in (1, 2, 3)] == [0.1, 0.05, 0.025]
+
+
+def test_make_optimizer_follows_the_optim_section():
+    model = build_model_from_config(5, ModelConfig(backbone="resnet18", pretrained=False, num_heads=2))
+    every = list(model.parameters())
+    adam = optim.make_optimizer(OptimConfig(lr=0.01, weight_decay=0.5), model)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 0.5
+    assert [id(p) for p in adam.param_groups[0]["params"]] == [id(p) for p in every]
+    sgd = optim.make_optimizer(OptimConfig(name="sgd", lr=0.01, momentum=0.7, freeze_attention_mlp=True), model)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.7
+    frozen = {id(p) for n, p in model.named_parameters() if n.startswith("mhsam.attention")}
+    assert frozen and {id(p) for p in sgd.param_groups[0]["params"]} == {id(p) for p in every} - frozen
+    optim.set_lr(sgd, 0.25)
+    assert all(g["lr"] == 0.25 for g in sgd.param_groups)
+
+
+def test_config_sections_build_the_same_components_as_their_fields():
+    section = ModelConfig(backbone="resnet18", pretrained=False, num_heads=3, fusion="sum", feat_dim=32)
+    torch.manual_seed(0)
+    by_hand = build_model(7, num_heads=3, backbone="resnet18", pretrained=False, fusion="sum", feat_dim=32)
+    torch.manual_seed(0)
+    from_section = build_model_from_config(7, section)
+    a, b = by_hand.state_dict(), from_section.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="unknown model switch"):
+        build_model_from_config(7, {"backbone": "resnet18", "headz": 3})
+    crit = Criterion.from_config(LossConfig(lambda1=0.5, fdrt_norm="fro", label_smoothing=0.1))
+    assert (crit.lambda1, crit.fdrt_norm, crit.ce.label_smoothing) == (0.5, "fro", 0.1)
+    assert Criterion.from_config({"lambda3": 0.0}).lambda3 == 0.0
+
+
+@pytest.mark.parametrize("name", ["tpu", "mps", "cuda0", ""])
+def test_unknown_device_is_a_config_error(name):
+    with pytest.raises(ConfigError, match=r"config key 'device'.*use auto, cpu, cuda or cuda:N"):
+        train_mod.pick_device(name)
+
+
+def test_cuda_without_a_gpu_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_mod.pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"config key 'device': 'cuda' but no CUDA device.*auto or cpu"):
+        train_mod.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train_mod.pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"'cuda:2' but only 2 CUDA device"):
+        train_mod.pick_device("cuda:2")
+
+
+def test_device_mistake_fails_before_anything_is_written(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path, device="tpu")
+    with pytest.raises(ConfigError, match="device"):
+        train_mod.train_cell(cfg, tmp_path / "out", tracking_uri=sqlite_uri(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+TRAIN_SIDE = [Path(train_mod.__file__), Path(optim.__file__)]
+
+
+def test_training_never_imports_plotting():
+    code = ("import sys, mhsa.train; bad = sorted({'mhsa.plots', 'matplotlib', 'seaborn'} & set(sys.modules)); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # also no import inside a function (the old overlay was imported lazily, after training)
+    for path in TRAIN_SIDE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith(("mhsa.plots", "matplotlib", "seaborn"))], path
+
+
+def test_training_functions_stay_short():
+    for path in TRAIN_SIDE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name} is over 60 lines"
