@@ -6,11 +6,14 @@ import torch
 
 FORMS = ("paper", "code")
 
+# The paper's threshold gamma of Eq 12 (Sec. VII-B); the run config and the study default to it.
+DEFAULT_GAMMA = 1e-3
+
 # the authors' code hard-codes this threshold instead of using gamma
 CODE_THRESHOLD = 0.01
 
 
-def competition(alpha: torch.Tensor, gamma: float = 1e-3, form: str = "paper") -> torch.Tensor:
+def competition(alpha: torch.Tensor, gamma: float = DEFAULT_GAMMA, form: str = "paper") -> torch.Tensor:
     """Eq 12: per image sum over heads and pixels of min(alpha, gamma)^2; mean over images.
 
     alpha: (B, K, H, W). ``form="code"`` is the authors' code instead: per image the plain sum of the weights

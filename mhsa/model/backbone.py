@@ -22,6 +22,8 @@ _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]
 }
 
 BACKBONES = tuple(_RESNETS)
+# 1: the paper (stage 4 keeps the resolution, Q(x) is 1/16 of the input); 2: torchvision's ResNet
+LAST_STRIDES = (1, 2)
 
 
 class Backbone(nn.Module):
@@ -33,7 +35,7 @@ class Backbone(nn.Module):
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
-        if last_stride not in (1, 2):
+        if last_stride not in LAST_STRIDES:
             raise ValueError(f"last_stride={last_stride!r} must be 1 (paper) or 2 (torchvision default)")
         constructor, imagenet_weights, channels = _RESNETS[name]
         resnet = constructor(weights=None)
