@@ -218,11 +218,14 @@ def _check_data(d: DataConfig) -> None:
     _check("data.k", d.k >= 2, f"a batch needs >= 2 images per identity for the triplet losses, got {d.k}")
     _check("data.height", d.height >= 16 and d.width >= 16, f"input {d.height}x{d.width} is too small")
     _check("data.random_erasing", 0 <= d.random_erasing <= 1, f"a probability, got {d.random_erasing}")
+    _check("data.workers", d.workers >= 0, f"must be >= 0, got {d.workers}")
 
 
 def _check_optim(o: OptimConfig) -> None:
     _one_of("optim.name", o.name, OPTIMIZERS)
     _check("optim.lr", o.lr > 0, f"must be > 0, got {o.lr}")
+    _check("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}")
+    _check("optim.decay", o.decay >= 0, f"must be >= 0, got {o.decay}")
     _check("optim.epochs", o.epochs >= 1, f"must be >= 1, got {o.epochs}")
     _check("optim.warmup_epochs", 0 <= o.warmup_epochs <= o.epochs, f"must be in [0, epochs], got {o.warmup_epochs}")
     _check("optim.milestones", list(o.milestones) == sorted(o.milestones), f"must increase, got {o.milestones}")
@@ -241,6 +244,9 @@ def check_modes(key: str, modes: list, m: ModelConfig) -> None:
 
 
 def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
+    _check("eval.rerank_k1", e.rerank_k1 >= 1, f"must be >= 1, got {e.rerank_k1}")
+    _check("eval.rerank_k2", e.rerank_k2 >= 1, f"must be >= 1, got {e.rerank_k2}")
+    _check("eval.rerank_lambda", 0 <= e.rerank_lambda <= 1, f"a weight in [0, 1], got {e.rerank_lambda}")
     for name, target in e.targets.items():
         key = f"eval.targets.{name}"
         _check(key, isinstance(target, dict) and "root" in target, "each target needs a `root` (and optional `modes`)")

@@ -407,7 +407,7 @@ def _readme(layout: str, params: dict) -> str:
     )
 
 
-def _params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant) -> dict:
+def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant) -> dict:
     """The checked, complete generator parameters (also the content of the marker file)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -424,8 +424,7 @@ def _params(layout, seed, num_ids, images_per_id, num_cams, height, width, varia
 def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
     """False when ``out`` already holds this data set; else empties it (only ever what this generator
     wrote: never a real data set that happens to be there) and returns True."""
-    marker = out / COMPLETE_MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == params:
+    if not overwrite and is_complete(out) and json.loads((out / COMPLETE_MARKER).read_text()) == params:
         return False
     if out.exists():
         if any(out.iterdir()) and not (out / "README.txt").is_file():
@@ -483,7 +482,7 @@ def generate(
     regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
     ``dataset_seed(layout)`` is the seed the workflow and the trainer use.
     """
-    params = _params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant)
+    params = generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant)
     out = Path(root)
     if not _prepare(out, params, overwrite):
         return out
