@@ -240,7 +240,8 @@ def check_modes(key: str, modes: list, m: ModelConfig) -> None:
             raise ConfigError(f"config key {key!r}: {err}") from None
         _check(key, base == "global" or m.mhsam, f"test mode {mode!r} needs MHSAM (model.mhsam: true); "
                "the Baseline has only 'global'")
-        _check(key, head is None or head <= m.num_heads, f"test mode {mode!r} but the model has K={m.num_heads} heads (model.num_heads)")
+        _check(key, head is None or head <= m.num_heads,
+               f"test mode {mode!r} but the model has K={m.num_heads} heads (model.num_heads)")
 
 
 def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
