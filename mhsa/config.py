@@ -15,12 +15,9 @@ from typing import Any
 import yaml
 
 from mhsa.errors import ConfigError
-from mhsa.evaluation.modes import parse_mode
-from mhsa.evaluation.rerank import RERANK_DEFAULTS
-from mhsa.losses.competition import DEFAULT_GAMMA
-from mhsa.losses.competition import FORMS as COMPETITION_FORMS
-from mhsa.losses.fdrt import NORMS as FDRT_NORMS
-from mhsa.model import ATTENTION_LAYERS, BACKBONES, FUSIONS
+from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
+from mhsa.losses.options import COMPETITION_FORMS, DEFAULT_GAMMA, FDRT_NORMS
+from mhsa.model.switches import ATTENTION_LAYERS, BACKBONES, FUSIONS, SWITCHES
 
 __all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
 
@@ -33,12 +30,13 @@ class ModelConfig:
     backbone: str = "resnet50"
     pretrained: Any = "imagenet"  # False | "imagenet" | path to a local state-dict file
     num_heads: int = 8  # K
-    mhsam: bool = True  # False: the Baseline (backbone + Global Feature Branch)
-    fusion: str = "saffm"  # saffm | concat | sum (Table VIII)
-    residual: bool = True  # False: "w/o RLM" (Table VIII)
-    last_stride: int = 1
-    attention_layers: int = 2  # 3: the authors' public code
-    feat_dim: int = 512
+    # the model switches default to build_model's (the paper's full MHSA-Net)
+    mhsam: bool = SWITCHES["mhsam"]  # False: the Baseline (backbone + Global Feature Branch)
+    fusion: str = SWITCHES["fusion"]  # saffm | concat | sum (Table VIII)
+    residual: bool = SWITCHES["residual"]  # False: "w/o RLM" (Table VIII)
+    last_stride: int = SWITCHES["last_stride"]
+    attention_layers: int = SWITCHES["attention_layers"]  # 3: the authors' public code
+    feat_dim: int = SWITCHES["feat_dim"]
 
 
 @dataclass

@@ -19,6 +19,9 @@ RERANK_SUFFIX = "_rerank"
 MODE_PATTERN = r"^(global|local|concat|head[1-9][0-9]*)(_rerank)?$"
 _MODE_RE = re.compile(MODE_PATTERN)
 ALLOWED_FORMS = "global, local, concat or head<i> (i >= 1), each optionally with _rerank"
+# k-reciprocal re-ranking of the `_rerank` modes: the paper's (and Zhong et al.'s) parameters.
+# mhsa.evaluation.rerank re-exports them; EvalConfig and evaluate_modes default to them.
+RERANK_DEFAULTS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
 
 
 def parse_mode(mode: str) -> tuple[str, int | None, bool]:

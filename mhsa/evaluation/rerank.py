@@ -28,10 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["RERANK_DEFAULTS", "re_ranking"]
+from .modes import RERANK_DEFAULTS
 
-# The paper's (and Zhong et al.'s) parameters; EvalConfig and evaluate_modes take their defaults from here.
-RERANK_DEFAULTS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
+__all__ = ["RERANK_DEFAULTS", "re_ranking"]
 
 _ROW_ELEMS = 1 << 20  # elements of original_dist materialised at once (rows = _ROW_ELEMS // n)
 _PAIR_BLOCK = 1 << 19  # (query, gallery, k) triples expanded at once in the Jaccard step

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-FORMS = ("paper", "code")
+from mhsa.losses.options import COMPETITION_FORMS as FORMS
+from mhsa.losses.options import DEFAULT_GAMMA
 
-# The paper's threshold gamma of Eq 12 (Sec. VII-B); the run config and the study default to it.
-DEFAULT_GAMMA = 1e-3
+__all__ = ["CODE_THRESHOLD", "DEFAULT_GAMMA", "FORMS", "competition"]
 
 # the authors' code hard-codes this threshold instead of using gamma
 CODE_THRESHOLD = 0.01

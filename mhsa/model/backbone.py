@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from mhsa.model.switches import BACKBONES, LAST_STRIDES
+
 # name -> (constructor, ImageNet weights enum, channels of Q(x))
 _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
@@ -21,9 +23,8 @@ _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
 }
 
-BACKBONES = tuple(_RESNETS)
-# 1: the paper (stage 4 keeps the resolution, Q(x) is 1/16 of the input); 2: torchvision's ResNet
-LAST_STRIDES = (1, 2)
+if set(_RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
+    raise ImportError(f"mhsa.model.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
 
 
 class Backbone(nn.Module):

@@ -16,16 +16,7 @@ from mhsa.model.heads import (
     ResidualLearning,
     build_fusion,
 )
-
-# switch -> default; the defaults are the paper's full MHSA-Net
-SWITCHES: dict[str, object] = {
-    "mhsam": True,
-    "fusion": "saffm",
-    "residual": True,
-    "last_stride": 1,
-    "attention_layers": 2,
-    "feat_dim": 512,
-}
+from mhsa.model.switches import SWITCHES
 
 
 class MHSANet(nn.Module):

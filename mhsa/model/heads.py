@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FUSIONS = ("saffm", "concat", "sum")
-# 2: the paper's Eq 1 MLP; 3: the authors' public code
-ATTENTION_LAYERS = (2, 3)
+from mhsa.model.switches import ATTENTION_LAYERS, FUSIONS
+
+__all__ = ["ATTENTION_LAYERS", "FUSIONS", "attention_mlp", "build_fusion"]
 
 
 class GlobalFeatureBranch(nn.Module):
