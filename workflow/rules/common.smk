@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 # `report(` may not start a line in .smk files: import it under another name
 from snakemake.io import report as report_flag
 
-from mhsa.config import build_run_config, weights_digest
+from mhsa.config import ConfigError, build_run_config, weights_digest
 from mhsa.data.datasets import where_to_get
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
 from mhsa.study import (
@@ -208,7 +208,7 @@ def missing_roots(names):
         if not Path(root).exists():
             try:
                 url = where_to_get(name)
-            except KeyError:
+            except ConfigError:
                 url = "unknown data set name"
             out.append((name, root, url))
     return out
