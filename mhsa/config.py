@@ -16,8 +16,15 @@ import yaml
 
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
-from mhsa.losses.options import COMPETITION_FORMS, DEFAULT_GAMMA, FDRT_NORMS
-from mhsa.model.switches import ATTENTION_LAYERS, BACKBONES, FUSIONS, SWITCHES
+from mhsa.switches import (
+    ATTENTION_LAYERS,
+    BACKBONES,
+    COMPETITION_FORMS,
+    DEFAULT_GAMMA,
+    FDRT_NORMS,
+    FUSIONS,
+    SWITCHES,
+)
 
 __all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
 

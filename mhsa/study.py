@@ -19,7 +19,7 @@ import yaml
 
 from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
 from mhsa.data.synthetic import PRESET_PARAMS
-from mhsa.losses.options import DEFAULT_GAMMA
+from mhsa.switches import DEFAULT_GAMMA
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII"]
 # The keys each part of config.yaml may hold (workflow/schemas/config.schema.yaml lists the same

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mhsa.losses.options import COMPETITION_FORMS as FORMS
-from mhsa.losses.options import DEFAULT_GAMMA
+from mhsa.switches import COMPETITION_FORMS as FORMS
+from mhsa.switches import DEFAULT_GAMMA
 
 __all__ = ["CODE_THRESHOLD", "DEFAULT_GAMMA", "FORMS", "competition"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mhsa.losses.options import FDRT_NORMS as NORMS
+from mhsa.switches import FDRT_NORMS as NORMS
 
 __all__ = ["NORMS", "fdrt"]
 

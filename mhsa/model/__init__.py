@@ -1,14 +1,14 @@
 """MHSA-Net model (paper Sections IV-V): ``build_model`` is the public entry point.
 
 The allowed values of the model switches live here (``FUSIONS``, ``BACKBONES``, ``LAST_STRIDES``,
-``ATTENTION_LAYERS``, defaults ``SWITCHES``, all from the torch-free ``switches`` module); the run
+``ATTENTION_LAYERS``, defaults ``SWITCHES``, all from the torch-free ``mhsa.switches``); the run
 config and the workflow schema take them from this package. ``build_model`` and ``MHSANet`` are
 imported on first use, so checking a config does not import torch.
 """
 
 import importlib
 
-from mhsa.model.switches import ATTENTION_LAYERS, BACKBONES, FUSIONS, LAST_STRIDES, SWITCHES
+from mhsa.switches import ATTENTION_LAYERS, BACKBONES, FUSIONS, LAST_STRIDES, SWITCHES
 
 __all__ = ["ATTENTION_LAYERS", "BACKBONES", "FUSIONS", "LAST_STRIDES", "SWITCHES", "MHSANet", "build_model"]
 _LAZY = {"MHSANet": "build", "build_model": "build"}

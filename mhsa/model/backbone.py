@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from mhsa.model.switches import BACKBONES, LAST_STRIDES
+from mhsa.switches import BACKBONES, LAST_STRIDES
 
 # name -> (constructor, ImageNet weights enum, channels of Q(x))
 _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
@@ -24,7 +24,7 @@ _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]
 }
 
 if set(_RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
-    raise ImportError(f"mhsa.model.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
+    raise ImportError(f"mhsa.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
 
 
 class Backbone(nn.Module):

@@ -16,7 +16,7 @@ from mhsa.model.heads import (
     ResidualLearning,
     build_fusion,
 )
-from mhsa.model.switches import SWITCHES
+from mhsa.switches import SWITCHES
 
 
 class MHSANet(nn.Module):

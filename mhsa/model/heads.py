@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mhsa.model.switches import ATTENTION_LAYERS, FUSIONS
+from mhsa.switches import ATTENTION_LAYERS, FUSIONS
 
 __all__ = ["ATTENTION_LAYERS", "FUSIONS", "attention_mlp", "build_fusion"]
 
