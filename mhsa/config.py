@@ -14,9 +14,22 @@ from typing import Any
 
 import yaml
 
+from mhsa.errors import ConfigError
+from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
+from mhsa.switches import (
+    ATTENTION_LAYERS,
+    BACKBONES,
+    COMPETITION_FORMS,
+    DEFAULT_GAMMA,
+    FDRT_NORMS,
+    FUSIONS,
+    SWITCHES,
+)
 
-class ConfigError(ValueError):
-    """A bad run-config key or value; the message names the dotted key."""
+__all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
+
+AMP_MODES = ("bf16", "fp16", "off")  # CUDA autocast dtype, or none
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -24,12 +37,13 @@ class ModelConfig:
     backbone: str = "resnet50"
     pretrained: Any = "imagenet"  # False | "imagenet" | path to a local state-dict file
     num_heads: int = 8  # K
-    mhsam: bool = True  # False: the Baseline (backbone + Global Feature Branch)
-    fusion: str = "saffm"  # saffm | concat | sum (Table VIII)
-    residual: bool = True  # False: "w/o RLM" (Table VIII)
-    last_stride: int = 1
-    attention_layers: int = 2  # 3: the authors' public code
-    feat_dim: int = 512
+    # the model switches default to build_model's (the paper's full MHSA-Net)
+    mhsam: bool = SWITCHES["mhsam"]  # False: the Baseline (backbone + Global Feature Branch)
+    fusion: str = SWITCHES["fusion"]  # saffm | concat | sum (Table VIII)
+    residual: bool = SWITCHES["residual"]  # False: "w/o RLM" (Table VIII)
+    last_stride: int = SWITCHES["last_stride"]
+    attention_layers: int = SWITCHES["attention_layers"]  # 3: the authors' public code
+    feat_dim: int = SWITCHES["feat_dim"]
 
 
 @dataclass
@@ -37,7 +51,7 @@ class LossConfig:
     lambda1: float = 1e-4  # FDRT (Eq. 11)
     lambda2: float = 1.0  # IHTL (Eq. 11)
     lambda3: float = 1e-3  # competition L_C (Eq. 13)
-    gamma: float = 1e-3  # L_C threshold (Eq. 12)
+    gamma: float = DEFAULT_GAMMA  # L_C threshold (Eq. 12)
     global_ce: bool = True  # False: MHSA-Net† (no L_CE on the GFB)
     label_smoothing: float = 0.0  # authors' code: 0.1
     fdrt_norm: str = "l1"  # l1 (Eq. 3) | fro (authors' code)
@@ -81,9 +95,9 @@ class EvalConfig:
     # test set -> {"root": path, "modes": [...]}; empty: the training set in its default modes
     targets: dict = field(default_factory=dict)
     every: int = 0  # also evaluate every N epochs (0: at the end only)
-    rerank_k1: int = 20
-    rerank_k2: int = 6
-    rerank_lambda: float = 0.3
+    rerank_k1: int = RERANK_DEFAULTS["k1"]
+    rerank_k2: int = RERANK_DEFAULTS["k2"]
+    rerank_lambda: float = RERANK_DEFAULTS["lambda_value"]
     attention_images: int = 6  # query images whose attention maps are saved
 
 
@@ -180,33 +194,82 @@ def _check(key: str, ok: bool, msg: str) -> None:
         raise ConfigError(f"config key {key!r}: {msg}")
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    m, lo, d, o = cfg.model, cfg.loss, cfg.data, cfg.optim
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    _check(key, value in allowed, f"must be one of {'|'.join(map(str, allowed))}, got {value!r}")
+
+
+def _check_model(m: ModelConfig) -> None:
     _check("model.num_heads", m.num_heads >= 1, f"K must be >= 1, got {m.num_heads}")
-    _check("model.fusion", m.fusion in ("saffm", "concat", "sum"), f"must be saffm|concat|sum, got {m.fusion!r}")
-    _check("model.backbone", m.backbone in ("resnet50", "resnet34", "resnet18"),
-           f"must be resnet50|resnet34|resnet18, got {m.backbone!r}")
-    _check("model.attention_layers", m.attention_layers in (2, 3), f"must be 2 or 3, got {m.attention_layers}")
+    # P (K x feat_dim) holds the K head embeddings; FDRT (Eq 3) drives their Gram matrix towards the
+    # K x K identity, which needs K linearly independent feat_dim-d vectors.
+    _check("model.num_heads", m.num_heads <= m.feat_dim,
+           f"K={m.num_heads} heads cannot be decorrelated in model.feat_dim={m.feat_dim} dimensions "
+           "(FDRT, Eq 3, needs K <= feat_dim)")
+    _one_of("model.fusion", m.fusion, FUSIONS)
+    _one_of("model.backbone", m.backbone, BACKBONES)
+    _one_of("model.attention_layers", m.attention_layers, ATTENTION_LAYERS)
+
+
+def _check_loss(lo: LossConfig) -> None:
     for key in ("lambda1", "lambda2", "lambda3", "label_smoothing"):
         _check(f"loss.{key}", getattr(lo, key) >= 0, f"must be >= 0, got {getattr(lo, key)}")
     _check("loss.gamma", lo.gamma > 0, f"gamma must be > 0, got {lo.gamma}")
-    _check("loss.fdrt_norm", lo.fdrt_norm in ("l1", "fro"), f"must be l1|fro, got {lo.fdrt_norm!r}")
-    _check("loss.competition_form", lo.competition_form in ("paper", "code"),
-           f"must be paper|code, got {lo.competition_form!r}")
+    _one_of("loss.fdrt_norm", lo.fdrt_norm, FDRT_NORMS)
+    _one_of("loss.competition_form", lo.competition_form, COMPETITION_FORMS)
+
+
+def _check_data(d: DataConfig) -> None:
     _check("data.p", d.p >= 2, f"a batch needs >= 2 identities for the triplet losses, got {d.p}")
     _check("data.k", d.k >= 2, f"a batch needs >= 2 images per identity for the triplet losses, got {d.k}")
     _check("data.height", d.height >= 16 and d.width >= 16, f"input {d.height}x{d.width} is too small")
     _check("data.random_erasing", 0 <= d.random_erasing <= 1, f"a probability, got {d.random_erasing}")
-    _check("optim.name", o.name in ("adam", "sgd"), f"must be adam|sgd, got {o.name!r}")
+    _check("data.workers", d.workers >= 0, f"must be >= 0, got {d.workers}")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _one_of("optim.name", o.name, OPTIMIZERS)
     _check("optim.lr", o.lr > 0, f"must be > 0, got {o.lr}")
+    _check("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}")
+    _check("optim.decay", o.decay >= 0, f"must be >= 0, got {o.decay}")
     _check("optim.epochs", o.epochs >= 1, f"must be >= 1, got {o.epochs}")
     _check("optim.warmup_epochs", 0 <= o.warmup_epochs <= o.epochs, f"must be in [0, epochs], got {o.warmup_epochs}")
     _check("optim.milestones", list(o.milestones) == sorted(o.milestones), f"must increase, got {o.milestones}")
-    _check("amp", cfg.amp in ("bf16", "fp16", "off"), f"must be bf16|fp16|off, got {cfg.amp!r}")
+
+
+def check_modes(key: str, modes: list, m: ModelConfig) -> None:
+    """Each test mode parses, exists for this model (MHSAM, K heads); raises naming `key`."""
+    for mode in modes:
+        try:
+            base, head, _ = parse_mode(mode)
+        except ConfigError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
+        _check(key, base == "global" or m.mhsam, f"test mode {mode!r} needs MHSAM (model.mhsam: true); "
+               "the Baseline has only 'global'")
+        _check(key, head is None or head <= m.num_heads,
+               f"test mode {mode!r} but the model has K={m.num_heads} heads (model.num_heads)")
+
+
+def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
+    _check("eval.rerank_k1", e.rerank_k1 >= 1, f"must be >= 1, got {e.rerank_k1}")
+    _check("eval.rerank_k2", e.rerank_k2 >= 1, f"must be >= 1, got {e.rerank_k2}")
+    _check("eval.rerank_lambda", 0 <= e.rerank_lambda <= 1, f"a weight in [0, 1], got {e.rerank_lambda}")
+    for name, target in e.targets.items():
+        key = f"eval.targets.{name}"
+        _check(key, isinstance(target, dict) and "root" in target, "each target needs a `root` (and optional `modes`)")
+        modes = target.get("modes") or []
+        _check(f"{key}.modes", isinstance(modes, list), f"expected a list of test modes, got {modes!r}")
+        check_modes(f"{key}.modes", modes, m)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    _check_model(cfg.model)
+    _check_loss(cfg.loss)
+    _check_data(cfg.data)
+    _check_optim(cfg.optim)
+    _check_eval(cfg.eval, cfg.model)
+    _check("amp", cfg.amp in AMP_MODES, f"must be one of {'|'.join(AMP_MODES)}, got {cfg.amp!r}"
+           + (" (quote 'off': YAML reads a bare off as false)" if cfg.amp in ("False", "None") else ""))
     _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
-    for name, target in cfg.eval.targets.items():
-        _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
-               "each target needs a `root` (and optional `modes`)")
     return cfg
 
 

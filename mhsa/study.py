@@ -12,20 +12,38 @@ Pure Python (no Snakemake): `workflow/rules/common.smk` and `mhsa.tables` both c
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
+from mhsa.data.synthetic import PRESET_PARAMS
+from mhsa.switches import DEFAULT_GAMMA
+
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII"]
+# The keys each part of config.yaml may hold (workflow/schemas/config.schema.yaml lists the same
+# keys; tests/test_schema_drift.py keeps the two equal). A misspelled key is an error, never ignored:
+# a row with `fusoin: concat` would otherwise silently become another row's cell.
 KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce")
-BASE_MODES = ("global", "local", "concat")
-_MODE_RE = re.compile(r"^(global|local|concat|head(\d+))(_rerank)?$")
+ROW_KEYS = ("row", "variant", "mode", *KNOBS)
+PRESET_KEYS = ("data_source", "synthetic", "results_dir", "tables", "figures", "seeds", "recipe")
+WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s")
 
 
-class StudyError(ValueError):
+class StudyError(ConfigError):
     """A config.yaml entry that cannot be turned into cells; the message names it."""
+
+
+def check_keys(where: str, entry, allowed) -> None:
+    """Reject keys of the mapping `entry` (config.yaml's `where`) that are not in `allowed`."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise StudyError(f"config.yaml: {where}: expected a mapping, got {entry!r}")
+    unknown = [k for k in entry if k not in allowed]
+    if unknown:
+        raise StudyError(f"config.yaml: {where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
 @dataclass
@@ -86,6 +104,8 @@ def resolve_preset(config: dict, preset: str | None = None) -> dict:
     if preset not in presets:
         raise StudyError(f"config.yaml: preset {preset!r} is not defined; known presets: {sorted(presets)}")
     p = presets[preset] or {}
+    check_keys(f"presets.{preset}", p, PRESET_KEYS)
+    check_keys(f"presets.{preset}.synthetic", p.get("synthetic"), PRESET_PARAMS)
     out = copy.deepcopy(config)
     out["preset"] = preset
     out["data_source"] = p.get("data_source", "real")
@@ -111,6 +131,7 @@ def resolve_preset(config: dict, preset: str | None = None) -> dict:
 def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     """A row spec (variant + overrides) -> the cell's resolved knobs; equal cells get equal knobs."""
     variants = config.get("variants", {})
+    check_keys(where, spec, ROW_KEYS)
     name = spec.get("variant")
     if name not in variants:
         raise StudyError(f"config.yaml: {where}: unknown variant {name!r}; "
@@ -124,11 +145,11 @@ def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     if not knobs["mhsam"]:
         # The Baseline has no MHSAB: every branch knob is moot, so all Baselines dedupe to one cell.
         return {"mhsam": False, "K": 0, "lambda1": 0.0, "lambda2": 0.0, "lambda3": 0.0,
-                "gamma": 0.0, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"])}
+                "gamma": DEFAULT_GAMMA, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"])}
     for key in ("lambda1", "lambda2", "lambda3", "gamma"):
         knobs[key] = float(knobs[key])
     if knobs["lambda3"] == 0:
-        knobs["gamma"] = float(config.get("variant_defaults", {}).get("gamma", 1e-3))
+        knobs["gamma"] = float(config.get("variant_defaults", {}).get("gamma", DEFAULT_GAMMA))
     knobs["K"] = int(knobs["K"])
     if knobs["K"] < 1:
         raise StudyError(f"config.yaml: {where}: K must be >= 1, got {knobs['K']}")
@@ -157,15 +178,34 @@ def cell_id(dataset: str, knobs: dict, seed: int) -> str:
 
 
 def check_mode(mode: str, knobs: dict, where: str) -> None:
-    m = _MODE_RE.match(mode)
-    if not m:
-        raise StudyError(f"config.yaml: {where}: unknown test mode {mode!r}; use global, local, concat, "
-                         "head<i>, optionally with _rerank")
-    if m.group(1) != "global" and not knobs["mhsam"]:
-        raise StudyError(f"config.yaml: {where}: test mode {mode!r} needs MHSAM; "
-                         "the Baseline has only 'global'")
-    if m.group(2) and not 1 <= int(m.group(2)) <= knobs["K"]:
-        raise StudyError(f"config.yaml: {where}: {mode!r} but the cell has K={knobs['K']} heads")
+    """The run config's test-mode check (`mhsa.config.check_modes`), naming the row."""
+    try:
+        check_modes("mode", [mode], ModelConfig(mhsam=knobs["mhsam"], num_heads=max(knobs["K"], 1)))
+    except ConfigError as err:
+        raise StudyError(f"config.yaml: {where}: {err}") from None
+
+
+def _check_sections(config: dict) -> None:
+    """Keys of `variants`, `variant_defaults` and `workflow` (rows are checked as they expand)."""
+    for name, knobs in (config.get("variants") or {}).items():
+        check_keys(f"variants.{name}", knobs, KNOBS)
+    check_keys("variant_defaults", config.get("variant_defaults"), KNOBS)
+    check_keys("workflow", config.get("workflow"), WORKFLOW_KEYS)
+
+
+def _check_cells(study: Study) -> None:
+    """Build every cell's run config as the trainer will: a K, mode or recipe value the trainer would
+    reject fails here, at parse time, naming the rows that use the cell."""
+    recipe = study.config.get("recipe", {})
+    try:
+        build_run_config(recipe)
+    except ConfigError as err:
+        raise StudyError(f"config.yaml: recipe (preset {study.config['preset']!r}): {err}") from None
+    for cell in study.cells.values():
+        try:
+            build_run_config(recipe, cell_overrides(study, cell))
+        except ConfigError as err:
+            raise StudyError(f"config.yaml: {'; '.join(cell.feeds)}: {err}") from None
 
 
 def _row_specs(config: dict):
@@ -187,6 +227,7 @@ def _row_specs(config: dict):
 def build_study(config: dict, preset: str | None = None) -> Study:
     """Resolve the preset and expand every table/figure row into deduplicated cells."""
     cfg = resolve_preset(config, preset)
+    _check_sections(cfg)
     datasets = cfg.get("datasets", {})
     seeds = [int(s) for s in cfg.get("seeds", [0])]
     cells: dict[str, Cell] = {}
@@ -211,7 +252,9 @@ def build_study(config: dict, preset: str | None = None) -> Study:
                 ids.append(cid)
             rows.append(RowRef(source, tid, spec["row"], test_set, list(table["metrics"]), mode, ids,
                                series, k))
-    return Study(cfg, cells, rows)
+    study = Study(cfg, cells, rows)
+    _check_cells(study)
+    return study
 
 
 def dataset_root(config: dict, name: str) -> str:
@@ -231,7 +274,7 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
         "model": {"mhsam": k["mhsam"], "num_heads": max(k["K"], 1), "fusion": k["fusion"],
                   "residual": k["residual"]},
         "loss": {"lambda1": k["lambda1"], "lambda2": k["lambda2"], "lambda3": k["lambda3"],
-                 "gamma": k["gamma"] or 1e-3, "global_ce": k["global_ce"]},
+                 "gamma": k["gamma"], "global_ce": k["global_ce"]},
         "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset)},
         "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(m)}
                              for t, m in sorted(cell.targets.items())}},

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 COLUMNS = ["row", "dataset", "metric", "ours", "ours_std", "n_seeds", "paper", "delta", "within_noise", "own"]
 PAPER_COLUMNS = ["table", "row", "dataset", "metric", "value", "own"]
+TABLE_FORMATS = ("csv", "md", "html", "tex")  # results/tables/table_<N>.<format>
 
 DATASET_NAMES = {
     "market1501": "Market-1501",
@@ -163,6 +164,42 @@ def _table_spec(study: Study, table_id: str) -> dict:
     return tables[table_id]
 
 
+def _reference_line(row: str, d: str, m: str, paper_val: dict) -> dict:
+    """A method of another paper: the paper's number only."""
+    return {"row": row, "dataset": d, "metric": m, "ours": np.nan, "ours_std": np.nan, "n_seeds": 0,
+            "paper": paper_val.get((row, d, m), np.nan), "delta": np.nan, "within_noise": None, "own": 0}
+
+
+def _own_line(row: str, d: str, m: str, values: dict, paper_val: dict, ref: str | None) -> dict:
+    """One of our rows: mean/std over seeds, the paper's number, and the seed-noise flag against
+    `ref` (set only where the paper claims an improvement over the reference row)."""
+    vals = values[(row, d, m)]
+    n = len(vals)
+    ours = float(np.mean(vals)) if n else np.nan
+    std = float(np.std(vals, ddof=1)) if n >= 2 else np.nan
+    pv = paper_val.get((row, d, m), np.nan)
+    flag = None
+    if ref is not None:
+        pref = paper_val.get((ref, d, m), np.nan)
+        if not (math.isnan(pv) or math.isnan(pref)) and pv > pref:
+            flag = within_noise(vals, values[(ref, d, m)])
+    return {"row": row, "dataset": d, "metric": m, "ours": ours, "ours_std": std, "n_seeds": n,
+            "paper": pv, "delta": ours - pv, "within_noise": flag, "own": 1}
+
+
+def _own_values(study: Study, table_id: str, metrics: dict, datasets: list, metric_names: list) -> dict:
+    """(row, data set, metric) -> the values of the row's cells (one per finished seed)."""
+    refs = [r for r in study.rows if r.source == "table" and r.table == table_id]
+    refs_by_key = {(r.row, r.dataset): r for r in refs}
+    values: dict = {}
+    for row in dict.fromkeys(r.row for r in refs):
+        for d in datasets:
+            rr = refs_by_key.get((row, d))
+            for m in metric_names:
+                values[(row, d, m)] = seed_values(metrics, rr.cells, d, rr.mode, m) if rr else []
+    return values
+
+
 def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per (row, data set, metric) of table `table_id`, in the paper's order.
 
@@ -174,69 +211,17 @@ def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame |
         paper = load_paper()
     spec = _table_spec(study, table_id)
     datasets, metric_names = list(spec["datasets"]), list(spec["metrics"])
-    refs_by_key = {(r.row, r.dataset): r for r in study.rows if r.source == "table" and r.table == table_id}
     own_rows = list(dict.fromkeys(r.row for r in study.rows if r.source == "table" and r.table == table_id))
-
     tp = paper[paper["table"] == table_id]
     paper_val = {
         (r, d, m): v for r, d, m, v in zip(tp["row"], tp["dataset"], tp["metric"], tp["value"], strict=True)
     }
     other_rows = [r for r in dict.fromkeys(tp.loc[tp["own"] == 0, "row"]) if r not in own_rows]
-
-    values: dict = {}
-    for row in own_rows:
-        for d in datasets:
-            rr = refs_by_key.get((row, d))
-            for m in metric_names:
-                values[(row, d, m)] = seed_values(metrics, rr.cells, d, rr.mode, m) if rr else []
-
+    values = _own_values(study, table_id, metrics, datasets, metric_names)
     ref_of = reference_rows(own_rows)
-    lines = []
-    for row in other_rows:
-        for d in datasets:
-            for m in metric_names:
-                lines.append(
-                    {
-                        "row": row,
-                        "dataset": d,
-                        "metric": m,
-                        "ours": np.nan,
-                        "ours_std": np.nan,
-                        "n_seeds": 0,
-                        "paper": paper_val.get((row, d, m), np.nan),
-                        "delta": np.nan,
-                        "within_noise": None,
-                        "own": 0,
-                    }
-                )
-    for row in own_rows:
-        for d in datasets:
-            for m in metric_names:
-                vals = values[(row, d, m)]
-                n = len(vals)
-                ours = float(np.mean(vals)) if n else np.nan
-                std = float(np.std(vals, ddof=1)) if n >= 2 else np.nan
-                pv = paper_val.get((row, d, m), np.nan)
-                flag = None
-                ref = ref_of.get(row)
-                if ref is not None:
-                    pref = paper_val.get((ref, d, m), np.nan)
-                    if not (math.isnan(pv) or math.isnan(pref)) and pv > pref:
-                        flag = within_noise(vals, values[(ref, d, m)])
-                lines.append(
-                    {
-                        "row": row,
-                        "dataset": d,
-                        "metric": m,
-                        "ours": ours,
-                        "ours_std": std,
-                        "n_seeds": n,
-                        "paper": pv,
-                        "delta": ours - pv,
-                        "within_noise": flag,
-                        "own": 1,
-                    }
-                )
+    cells = [(d, m) for d in datasets for m in metric_names]
+    lines = [_reference_line(row, d, m, paper_val) for row in other_rows for d, m in cells]
+    lines += [_own_line(row, d, m, values, paper_val, ref_of.get(row)) for row in own_rows for d, m in cells]
     df = pd.DataFrame(lines, columns=COLUMNS)
     df["n_seeds"] = df["n_seeds"].astype(int)
     df["own"] = df["own"].astype(int)
@@ -413,15 +398,17 @@ def render_latex(df: pd.DataFrame, table_id: str, title: str, synthetic: bool, p
 def write_table(
     df: pd.DataFrame, table_id: str, title: str, out_dir: str | Path, synthetic: bool, preset: str = "demo"
 ) -> list:
-    """Write table_<N>.{csv,md,html,tex} atomically (N = arabic table number); returns the paths."""
+    """Write table_<N>.<format> for each of TABLE_FORMATS atomically (N = arabic table number);
+    returns the paths."""
     out_dir = Path(out_dir)
     stem = f"table_{table_number(table_id)}"
-    return [
-        atomic_write_text(out_dir / f"{stem}.csv", df.to_csv(index=False)),
-        atomic_write_text(out_dir / f"{stem}.md", render_markdown(df, table_id, title, synthetic, preset)),
-        atomic_write_text(out_dir / f"{stem}.html", render_html(df, table_id, title, synthetic, preset)),
-        atomic_write_text(out_dir / f"{stem}.tex", render_latex(df, table_id, title, synthetic, preset)),
-    ]
+    text = {
+        "csv": lambda: df.to_csv(index=False),
+        "md": lambda: render_markdown(df, table_id, title, synthetic, preset),
+        "html": lambda: render_html(df, table_id, title, synthetic, preset),
+        "tex": lambda: render_latex(df, table_id, title, synthetic, preset),
+    }
+    return [atomic_write_text(out_dir / f"{stem}.{ext}", text[ext]()) for ext in TABLE_FORMATS]
 
 
 # ----------------------------------------------------------------------------- all tables
@@ -457,7 +444,7 @@ def build_all(
         flags = own["within_noise"].dropna()
         noise = f"{int(sum(flags))}/{len(flags)}" if len(flags) else "n/a"
         n = table_number(tid)
-        files = " ".join(f"[{ext}](table_{n}.{ext})" for ext in ("md", "html", "csv", "tex"))
+        files = " ".join(f"[{ext}](table_{n}.{ext})" for ext in TABLE_FORMATS)
         summary.append(f"| {tid} | {title} | {int((done > 0).sum())}/{len(done)} | {noise} | {files} |")
     summary.append("")
     atomic_write_text(out_dir / "summary.md", "\n".join(summary))

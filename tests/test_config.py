@@ -52,3 +52,42 @@ def test_smoke_config_is_valid():
 
     cfg = load_config(Path(__file__).parents[1] / "mhsa" / "configs" / "smoke.yaml")
     assert cfg.data.synthetic is not None and cfg.optim.epochs >= 1
+
+
+@pytest.mark.parametrize("modes, message", [
+    (["foo"], "unknown test mode 'foo'"),
+    (["concat", "head9"], "'head9' but the model has K=8"),
+    (["global_rerank", "concat_rerank"], None),
+])
+def test_eval_modes_are_checked_with_the_config(modes, message):
+    """An unknown or impossible test mode fails before training, naming the target's key."""
+    data = {"eval": {"targets": {"market1501": {"root": "x", "modes": modes}}}}
+    if message is None:
+        assert build_run_config(data).eval.targets["market1501"]["modes"] == modes
+        return
+    with pytest.raises(ConfigError, match=r"eval\.targets\.market1501\.modes.*" + message):
+        build_run_config(data)
+    with pytest.raises(ConfigError, match="needs MHSAM"):
+        build_run_config({"model": {"mhsam": False}, "eval": {"targets": {"m": {"root": "x", "modes": ["local"]}}}})
+
+
+def test_dotted_override_of_modes_is_checked():
+    with pytest.raises(ConfigError, match=r"eval\.targets\.market1501\.modes.*'foo'"):
+        build_run_config(None, None, ["eval.targets={market1501: {root: x, modes: [foo]}}"])
+
+
+def test_num_heads_bound_states_the_reason():
+    assert build_run_config({"model": {"num_heads": 512}}).model.num_heads == 512
+    with pytest.raises(ConfigError, match=r"model\.num_heads.*K=513.*feat_dim=512.*FDRT"):
+        build_run_config({"model": {"num_heads": 513}})
+    assert build_run_config({"model": {"num_heads": 100, "feat_dim": 100}}).model.num_heads == 100
+    with pytest.raises(ConfigError, match="K=101"):
+        build_run_config({"model": {"num_heads": 101, "feat_dim": 100}})
+
+
+def test_amp_and_checkpoint_every():
+    assert build_run_config({"amp": "off", "checkpoint_every": 0}).amp == "off"
+    with pytest.raises(ConfigError, match="quote 'off'"):
+        build_run_config({"amp": False})
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        build_run_config({"checkpoint_every": -1})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mhsa.config import ConfigError
 from mhsa.data.datasets import DatasetNotFoundError, load, names, where_to_get
 
 
@@ -140,7 +141,7 @@ def test_incomplete_root_names_expected_folders(tmp_path):
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(KeyError, match="market1501.*partial_ilids"):
+    with pytest.raises(ConfigError, match="unknown data set.*market1501.*partial_ilids"):
         load("market", "/tmp")
 
 

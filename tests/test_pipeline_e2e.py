@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import copy_workflow  # tests/ is on sys.path (pytest rootdir-relative import)
+from conftest import copy_workflow
 
 from mhsa.study import build_study, load_config, table_number
 

@@ -1,5 +1,6 @@
 """The study: every table row maps to a cell; shared configurations train once."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,64 @@ def test_bad_rows_are_named(config, row, message):
 
 def test_table_numbers():
     assert [table_number(t) for t in ("I", "IV", "IX", "XI")] == [1, 4, 9, 11]
+
+
+def _with(config, **sections):
+    cfg = copy.deepcopy(config)
+    cfg.update(sections)
+    return cfg
+
+
+def test_misspelled_knob_in_a_row_is_rejected_naming_row_and_key(config):
+    """issue 11: `fusoin: concat` used to plan 10 cells instead of 11 and report the SAFFM cell."""
+    cfg = copy.deepcopy(config)
+    row = cfg["tables"]["VIII"]["rows"][1]
+    row["fusoin"] = row.pop("fusion")
+    with pytest.raises(StudyError, match=r"Table VIII / MHSA-Net\* \(CONCAT\): unknown key\(s\) \['fusoin'\]"):
+        build_study(cfg, "ci")
+
+
+@pytest.mark.parametrize("section, entry, where", [
+    ("variants", {"baseline": {"mhsam": False, "lamda1": 1.0}}, r"variants\.baseline: unknown key\(s\) \['lamda1'\]"),
+    ("variant_defaults", {"Kk": 8}, r"variant_defaults: unknown key\(s\) \['Kk'\]"),
+    ("workflow", {"train_thread": 2}, r"workflow: unknown key\(s\) \['train_thread'\]"),
+])
+def test_unknown_keys_in_sections_are_rejected(config, section, entry, where):
+    cfg = copy.deepcopy(config)
+    cfg[section] = {**(cfg.get(section) or {}), **entry}
+    with pytest.raises(StudyError, match=where):
+        build_study(cfg, "ci")
+
+
+def test_unknown_keys_in_a_preset_are_rejected(config):
+    cfg = copy.deepcopy(config)
+    cfg["presets"]["ci"]["seed"] = [1]
+    with pytest.raises(StudyError, match=r"presets\.ci: unknown key\(s\) \['seed'\]"):
+        build_study(cfg, "ci")
+    cfg = copy.deepcopy(config)
+    cfg["presets"]["ci"]["synthetic"]["num_id"] = 3
+    with pytest.raises(StudyError, match=r"presets\.ci\.synthetic: unknown key\(s\) \['num_id'\]"):
+        build_study(cfg, "ci")
+    cfg = copy.deepcopy(config)
+    cfg["presets"]["ci"]["recipe"]["data"]["pp"] = 3
+    with pytest.raises(StudyError, match=r"recipe \(preset 'ci'\).*data\.pp"):
+        build_study(cfg, "ci")
+
+
+def test_a_cell_the_trainer_would_reject_fails_at_parse_time_naming_its_rows(config):
+    cfg = copy.deepcopy(config)
+    cfg["presets"]["ci"]["recipe"]["model"]["feat_dim"] = 8
+    build_study(cfg, "ci")  # K=8 heads fit into 8-d embeddings
+    cfg["tables"]["VIII"]["rows"][3]["K"] = 9  # 9 heads cannot be decorrelated in 8-d
+    with pytest.raises(StudyError, match=r"Table VIII / MHSA-Net\* w/o RLM.*K=9 heads.*feat_dim=8"):
+        build_study(cfg, "ci")
+
+
+def test_gamma_defaults_come_from_the_competition_loss(config):
+    from mhsa.losses.competition import DEFAULT_GAMMA
+
+    study = build_study(config, "paper")
+    base = study.cells["market1501__baseline__s0"]
+    assert cell_overrides(study, base)["loss"]["gamma"] == DEFAULT_GAMMA
+    fdrt = study.cells["cuhk03_detected__mhsam-K8-fdrt1e-06__s0"]  # lambda3 = 0: gamma is moot
+    assert cell_overrides(study, fdrt)["loss"]["gamma"] == config["variant_defaults"]["gamma"] == DEFAULT_GAMMA

@@ -104,3 +104,37 @@ def test_cli_prints_summary(tmp_path, capsys):
     assert (tmp_path / "bounding_box_train").is_dir()
     main(["--root", str(tmp_path / "two"), "--layout", "partial_reid", "partial_ilids", "--num-ids", "3"])
     assert (tmp_path / "two" / "partial_ilids" / "Probe" / "003.jpg").is_file()
+
+
+def test_dataset_seed_is_the_workflows_rule_in_config_order():
+    """1000 + the position under config.yaml's `datasets:` (what the workflow has always used, so the
+    ci preset's images stay the same), and the registry has the same order."""
+    import yaml
+
+    from mhsa.config import ConfigError
+    from mhsa.data.synthetic import dataset_seed
+
+    order = list(yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["datasets"])
+    assert order == names()
+    assert [dataset_seed(n) for n in order] == [1000 + i for i in range(len(order))]
+    with pytest.raises(ConfigError, match="unknown data set 'nope'"):
+        dataset_seed("nope")
+
+
+def test_is_complete_follows_the_marker(tmp_path):
+    from mhsa.data.synthetic import COMPLETE_MARKER, is_complete
+
+    assert not is_complete(tmp_path / "x")
+    root = generate(tmp_path / "x", "partial_ilids", **SMALL)
+    assert is_complete(root) and (root / COMPLETE_MARKER).is_file()
+    (root / COMPLETE_MARKER).unlink()
+    assert not is_complete(root)
+
+
+def test_cli_default_seed_is_the_dataset_seed(tmp_path):
+    from mhsa.data.synthetic import dataset_seed
+
+    main(["--root", str(tmp_path / "cli"), "--layout", "partial_ilids", "--num-ids", "6", "--images-per-id", "5",
+          "--height", "32", "--width", "16"])
+    direct = generate(tmp_path / "direct", "partial_ilids", seed=dataset_seed("partial_ilids"), **SMALL)
+    assert tree_hash(tmp_path / "cli") == tree_hash(direct)

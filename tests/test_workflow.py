@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, copy_workflow
 
 from mhsa.study import build_study, table_number
 
-REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 FORMATS = ("csv", "md", "html", "tex")
 # A fixed MLflow URI: the default (sqlite:///<abs results dir>/mlflow.db) differs between the
@@ -30,15 +30,6 @@ FIXED_URI = "sqlite:///unused-by-these-tests.db"
 
 def _config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("workflow", "envs"):
-        shutil.copytree(REPO / name, dest / name, ignore=ignore)
-    return dest
 
 
 @pytest.fixture
@@ -200,3 +191,10 @@ def test_schema_rejects_invalid_config(wf):
     proc = snakemake(wf, "-n", "tables", check=False)
     assert proc.returncode != 0
     assert "minimum" in proc.stdout + proc.stderr
+
+    # a misspelled knob is rejected by the schema, not silently dropped (issue 11)
+    edit_config(wf, "{row: K=1, variant: mhsam, K: 0}", "{row: K=1, variant: mhsam, K: 1}")
+    edit_config(wf, "variant: mhsa_net, fusion: concat, mode: local", "variant: mhsa_net, fusoin: concat, mode: local")
+    proc = snakemake(wf, "-n", "tables", "--config", "preset=ci", check=False)
+    assert proc.returncode != 0
+    assert "fusoin" in proc.stdout + proc.stderr

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from mhsa.errors import ConfigError
+
 from .datasets import load, names
 
 VARIANTS = ("holistic", "occluded", "partial")
@@ -51,9 +53,29 @@ TRAIN, TEST, DISTRACTOR, OCCLUDER = 1, 2, 3, 4
 # occluded gallery images and some occluded train images; P-DukeMTMC-reID ~20 % occluded train).
 OCCLUDED_TRAIN_FRACTION = 0.2
 OCCLUDED_GALLERY_FRACTION = 0.1
-MARKER = ".complete"
+# Written last by `generate` (its parameters as JSON): a folder without it is unfinished.
+COMPLETE_MARKER = ".complete"
+# Generator parameters a preset of config.yaml may set under `synthetic:` (the schema lists the same).
+PRESET_PARAMS = ("num_ids", "images_per_id", "height", "width")
+# Seeds of the synthetic data sets: 1000 + the data set's position in the registry (`names()`).
+SEED_BASE = 1000
 SKIN = [(241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 56, 31)]
 HAIR = [(20, 16, 14), (70, 45, 25), (120, 80, 40), (200, 170, 110), (150, 150, 150), (140, 50, 30)]
+
+
+def is_complete(root: str | Path) -> bool:
+    """True when ``root`` holds a finished synthetic data set (its marker is written last)."""
+    return (Path(root) / COMPLETE_MARKER).is_file()
+
+
+def dataset_seed(name: str) -> int:
+    """The one seed of the synthetic stand-in for data set ``name``, used by the workflow and by
+    ``python -m mhsa train``, so a name means the same images everywhere. Distinct per data set, so
+    two layouts never share their train identities by accident."""
+    known = names()
+    if name not in known:
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(known)}")
+    return SEED_BASE + known.index(name)
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -385,6 +407,59 @@ def _readme(layout: str, params: dict) -> str:
     )
 
 
+def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant) -> dict:
+    """The checked, complete generator parameters (also the content of the marker file)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    variant = variant or LAYOUTS[layout][0]
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    num_cams = num_cams or LAYOUTS[layout][1]
+    if num_ids < 1 or images_per_id < 3 or num_cams < 2:
+        raise ConfigError("need num_ids >= 1, images_per_id >= 3 and num_cams >= 2 (query + gallery cameras)")
+    return dict(layout=layout, seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams,
+                height=height, width=width, variant=variant)
+
+
+def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
+    """False when ``out`` already holds this data set; else empties it (only ever what this generator
+    wrote: never a real data set that happens to be there) and returns True."""
+    if not overwrite and is_complete(out) and json.loads((out / COMPLETE_MARKER).read_text()) == params:
+        return False
+    if out.exists():
+        if any(out.iterdir()) and not (out / "README.txt").is_file():
+            raise FileExistsError(f"{out} exists and is not a synthetic data set; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return True
+
+
+def _plan(params: dict, rng: np.random.Generator) -> list[_Shot]:
+    layout, variant, seed = params["layout"], params["variant"], params["seed"]
+    num_ids, per_id, cams = params["num_ids"], params["images_per_id"], params["num_cams"]
+    if layout == "p_dukemtmc":
+        return _p_duke_plan(variant, seed, num_ids, per_id, cams, rng)
+    if layout.startswith("partial"):
+        return _partial_plan(layout, variant, num_ids, per_id, rng)
+    return _market_style_plan(layout, variant, seed, num_ids, per_id, cams, rng)
+
+
+def _write_images(out: Path, params: dict, shots: list[_Shot]) -> None:
+    seed, layout, height, width = params["seed"], params["layout"], params["height"], params["width"]
+    cameras = [_camera(seed, c) for c in range(params["num_cams"])]
+    people: dict[tuple[int, int], Person] = {}
+    for n, shot in enumerate(shots):
+        person = people.setdefault((shot.role, shot.index), _person(seed, shot.role, shot.index))
+        img_rng = _rng(seed, 19, zlib.crc32(layout.encode()), n)
+        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed)
+        path = out / shot.rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".png":
+            img.save(path, format="PNG")
+        else:
+            img.save(path, format="JPEG", quality=95)
+
+
 def generate(
     root: str | Path,
     layout: str,
@@ -405,50 +480,17 @@ def generate(
     set's camera count. A finished data set (``root/.complete``, written last, same parameters) is
     left alone unless ``overwrite``; an unfinished or differently parameterised synthetic one is
     regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
+    ``dataset_seed(layout)`` is the seed the workflow and the trainer use.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    variant = variant or LAYOUTS[layout][0]
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    num_cams = num_cams or LAYOUTS[layout][1]
-    if num_ids < 1 or images_per_id < 3 or num_cams < 2:
-        raise ValueError("need num_ids >= 1, images_per_id >= 3 and num_cams >= 2 (query + gallery cameras)")
-    params = dict(layout=layout, seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams,
-                  height=height, width=width, variant=variant)
+    params = generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant)
     out = Path(root)
-    marker = out / MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == params:
+    if not _prepare(out, params, overwrite):
         return out
-    if out.exists():
-        # Only ever delete what this generator wrote: never a real data set that happens to be there.
-        if any(out.iterdir()) and not (out / "README.txt").is_file():
-            raise FileExistsError(f"{out} exists and is not a synthetic data set; refusing to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-    rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(variant.encode()))
-    if layout == "p_dukemtmc":
-        shots = _p_duke_plan(variant, seed, num_ids, images_per_id, num_cams, rng)
-    elif layout.startswith("partial"):
-        shots = _partial_plan(layout, variant, num_ids, images_per_id, rng)
-    else:
-        shots = _market_style_plan(layout, variant, seed, num_ids, images_per_id, num_cams, rng)
-
-    cameras = [_camera(seed, c) for c in range(num_cams)]
-    people: dict[tuple[int, int], Person] = {}
-    for n, shot in enumerate(shots):
-        person = people.setdefault((shot.role, shot.index), _person(seed, shot.role, shot.index))
-        img_rng = _rng(seed, 19, zlib.crc32(layout.encode()), n)
-        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed)
-        path = out / shot.rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".png":
-            img.save(path, format="PNG")
-        else:
-            img.save(path, format="JPEG", quality=95)
+    rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(params["variant"].encode()))
+    _write_images(out, params, _plan(params, rng))
     (out / "README.txt").write_text(_readme(layout, params))
-    marker.write_text(json.dumps(params, sort_keys=True))  # last: a crash before this regenerates
+    # last: a crash before this regenerates
+    (out / COMPLETE_MARKER).write_text(json.dumps(params, sort_keys=True))
     return out
 
 
@@ -457,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", required=True, help="data set folder to write (with several layouts: the "
                     "folder holding one sub-folder per layout)")
     ap.add_argument("--layout", nargs="+", required=True, help=f"any of {', '.join(names())}, or 'all'")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="default: dataset_seed(layout), as the workflow")
     ap.add_argument("--num-ids", type=int, default=48)
     ap.add_argument("--images-per-id", type=int, default=10)
     ap.add_argument("--num-cams", type=int, default=None)
@@ -470,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     for layout in layouts:
         out = generate(
             args.root if len(layouts) == 1 else Path(args.root) / layout, layout,
-            seed=args.seed, num_ids=args.num_ids, images_per_id=args.images_per_id,
+            seed=dataset_seed(layout) if args.seed is None else args.seed, num_ids=args.num_ids, images_per_id=args.images_per_id,
             num_cams=args.num_cams, height=args.height, width=args.width, variant=args.variant,
             overwrite=args.overwrite,
         )

@@ -1,7 +1,16 @@
-"""Evaluation: Market-1501 protocol, k-reciprocal re-ranking, feature extraction and distances."""
+"""Evaluation: Market-1501 protocol, k-reciprocal re-ranking, feature extraction and distances.
 
-from .features import evaluate_modes, extract_features, squared_euclidean
-from .protocol import evaluate
-from .rerank import re_ranking
+The numeric functions are imported on first use, so that the test-mode grammar (`modes`) can be
+read without importing torch."""
+
+import importlib
 
 __all__ = ["evaluate", "re_ranking", "extract_features", "squared_euclidean", "evaluate_modes"]
+_LAZY = {"evaluate": "protocol", "re_ranking": "rerank", "extract_features": "features",
+         "squared_euclidean": "features", "evaluate_modes": "features"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
 
+from .modes import RERANK_SUFFIX, parse_mode
 from .protocol import evaluate
-from .rerank import re_ranking
+from .rerank import RERANK_DEFAULTS, re_ranking
 
 __all__ = ["squared_euclidean", "extract_features", "evaluate_modes"]
-
-_BASE_MODES = ("global", "local", "concat")
-_HEAD_RE = re.compile(r"^head([1-9][0-9]*)$")
-_DEFAULT_RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -46,17 +42,15 @@ def squared_euclidean(a, b, chunk: int = 4096) -> torch.Tensor:
 
 
 def _check_mode_name(mode: str) -> None:
-    if mode not in _BASE_MODES and not _HEAD_RE.match(mode):
-        raise ValueError(
-            f"unknown test mode {mode!r}: expected one of {list(_BASE_MODES)} or 'head1'..'headK'"
-        )
+    if parse_mode(mode)[2]:
+        base = mode.removesuffix(RERANK_SUFFIX)
+        raise ValueError(f"test mode {mode!r}: re-ranking acts on distances; extract {base!r} instead")
 
 
 def _select(out: Mapping, mode: str) -> torch.Tensor:
-    m = _HEAD_RE.match(mode)
-    if m:
+    k = parse_mode(mode)[1]
+    if k is not None:
         heads = out.get("heads")
-        k = int(m.group(1))
         if heads is None or k > heads.shape[1]:
             nheads = 0 if heads is None else heads.shape[1]
             raise ValueError(
@@ -156,11 +150,11 @@ def evaluate_modes(
     the ``<base>`` q-g distances with q-q and g-g squared Euclidean distances (as torchreid's engine).
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
-    params = dict(_DEFAULT_RERANK if rerank_params is None else rerank_params)
+    params = dict(RERANK_DEFAULTS if rerank_params is None else rerank_params)
     results: dict[str, dict] = {}
     cache: dict[str, torch.Tensor] = {}
     for mode in modes:
-        base, rerank = (mode[: -len("_rerank")], True) if mode.endswith("_rerank") else (mode, False)
+        base, _, rerank = parse_mode(mode)
         if base not in q_feats or base not in g_feats:
             raise ValueError(
                 f"test mode {mode!r} needs features {base!r}; "

@@ -28,7 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["re_ranking"]
+from .modes import RERANK_DEFAULTS
+
+__all__ = ["RERANK_DEFAULTS", "re_ranking"]
 
 _ROW_ELEMS = 1 << 20  # elements of original_dist materialised at once (rows = _ROW_ELEMS // n)
 _PAIR_BLOCK = 1 << 19  # (query, gallery, k) triples expanded at once in the Jaccard step
@@ -100,7 +102,12 @@ def _reciprocal_mask(rank: np.ndarray) -> np.ndarray:
 
 
 def re_ranking(
-    q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+    q_g_dist,
+    q_q_dist,
+    g_g_dist,
+    k1: int = RERANK_DEFAULTS["k1"],
+    k2: int = RERANK_DEFAULTS["k2"],
+    lambda_value: float = RERANK_DEFAULTS["lambda_value"],
 ) -> np.ndarray:
     """k-reciprocal re-ranking of a query x gallery distance matrix.
 
@@ -109,7 +116,7 @@ def re_ranking(
             Numpy arrays or torch tensors. They are SQUARED inside (as in the reference): pass the same
             kind of distance the reference would receive (torchreid passes squared Euclidean distances,
             so effectively ``||a-b||^4`` enters, before per-column max normalisation).
-        k1, k2, lambda_value: the paper's parameters (20, 6, 0.3).
+        k1, k2, lambda_value: the paper's parameters (``RERANK_DEFAULTS``: 20, 6, 0.3).
 
     Returns:
         float32 array (num_q, num_g) of re-ranked distances.

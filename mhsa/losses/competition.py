@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
-FORMS = ("paper", "code")
+from mhsa.switches import COMPETITION_FORMS as FORMS
+from mhsa.switches import DEFAULT_GAMMA
+
+__all__ = ["CODE_THRESHOLD", "DEFAULT_GAMMA", "FORMS", "competition"]
 
 # the authors' code hard-codes this threshold instead of using gamma
 CODE_THRESHOLD = 0.01
 
 
-def competition(alpha: torch.Tensor, gamma: float = 1e-3, form: str = "paper") -> torch.Tensor:
+def competition(alpha: torch.Tensor, gamma: float = DEFAULT_GAMMA, form: str = "paper") -> torch.Tensor:
     """Eq 12: per image sum over heads and pixels of min(alpha, gamma)^2; mean over images.
 
     alpha: (B, K, H, W). ``form="code"`` is the authors' code instead: per image the plain sum of the weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mhsa.losses.competition import FORMS, competition
+from mhsa.losses.competition import DEFAULT_GAMMA, FORMS, competition
 from mhsa.losses.fdrt import NORMS, fdrt
 from mhsa.losses.ihtl import ihtl
 from mhsa.losses.triplet import hard_triplet
@@ -39,7 +39,7 @@ class Criterion(nn.Module):
         lambda1: float = 1e-4,
         lambda2: float = 1.0,
         lambda3: float = 1e-3,
-        gamma: float = 1e-3,
+        gamma: float = DEFAULT_GAMMA,
         global_ce: bool = True,
         label_smoothing: float = 0.0,
         fdrt_norm: str = "l1",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-NORMS = ("l1", "fro")
+from mhsa.switches import FDRT_NORMS as NORMS
+
+__all__ = ["NORMS", "fdrt"]
 
 
 def fdrt(P: torch.Tensor, norm: str = "l1") -> torch.Tensor:

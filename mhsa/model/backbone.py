@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from mhsa.switches import BACKBONES, LAST_STRIDES
+
 # name -> (constructor, ImageNet weights enum, channels of Q(x))
 _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
@@ -21,7 +23,8 @@ _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
 }
 
-BACKBONES = tuple(_RESNETS)
+if set(_RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
+    raise ImportError(f"mhsa.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
 
 
 class Backbone(nn.Module):
@@ -33,7 +36,7 @@ class Backbone(nn.Module):
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
-        if last_stride not in (1, 2):
+        if last_stride not in LAST_STRIDES:
             raise ValueError(f"last_stride={last_stride!r} must be 1 (paper) or 2 (torchvision default)")
         constructor, imagenet_weights, channels = _RESNETS[name]
         resnet = constructor(weights=None)

@@ -7,24 +7,16 @@ import os
 import torch
 from torch import nn
 
-from mhsa.model.backbone import Backbone
+from mhsa.model.backbone import LAST_STRIDES, Backbone
 from mhsa.model.heads import (
+    ATTENTION_LAYERS,
     FUSIONS,
     GlobalFeatureBranch,
     MultiHeadSelfAttention,
     ResidualLearning,
     build_fusion,
 )
-
-# switch -> default; the defaults are the paper's full MHSA-Net
-SWITCHES: dict[str, object] = {
-    "mhsam": True,
-    "fusion": "saffm",
-    "residual": True,
-    "last_stride": 1,
-    "attention_layers": 2,
-    "feat_dim": 512,
-}
+from mhsa.switches import SWITCHES
 
 
 class MHSANet(nn.Module):
@@ -138,9 +130,9 @@ def _check_switches(cfg: dict[str, object]) -> None:
             raise ValueError(f"{name}={cfg[name]!r} must be a bool")
     if cfg["fusion"] not in FUSIONS:
         raise ValueError(f"fusion={cfg['fusion']!r} must be one of {list(FUSIONS)}")
-    if cfg["last_stride"] not in (1, 2):
+    if cfg["last_stride"] not in LAST_STRIDES:
         raise ValueError(f"last_stride={cfg['last_stride']!r} must be 1 or 2")
-    if cfg["attention_layers"] not in (2, 3):
+    if cfg["attention_layers"] not in ATTENTION_LAYERS:
         raise ValueError(f"attention_layers={cfg['attention_layers']!r} must be 2 or 3")
     if not isinstance(cfg["feat_dim"], int) or isinstance(cfg["feat_dim"], bool) or cfg["feat_dim"] < 1:
         raise ValueError(f"feat_dim={cfg['feat_dim']!r} must be a positive int")

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FUSIONS = ("saffm", "concat", "sum")
+from mhsa.switches import ATTENTION_LAYERS, FUSIONS
+
+__all__ = ["ATTENTION_LAYERS", "FUSIONS", "attention_mlp", "build_fusion"]
 
 
 class GlobalFeatureBranch(nn.Module):
@@ -35,7 +37,7 @@ def attention_mlp(in_channels: int, num_heads: int, hidden: int = 512, layers: i
     ``layers=2`` is the paper (w1: C->512, w2: 512->K, no biases as Eq 1 writes none);
     ``layers=3`` inserts one more 512->512 + ReLU layer, as the authors' public code does.
     """
-    if layers not in (2, 3):
+    if layers not in ATTENTION_LAYERS:
         raise ValueError(f"attention_layers={layers!r} must be 2 (paper Eq 1) or 3 (authors' code)")
     modules: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 1, bias=False), nn.ReLU(inplace=True)]
     if layers == 3:

@@ -4,15 +4,26 @@
 import json
 import os
 import re
-import sys
 from hashlib import sha1
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.io import report as report_flag  # `report(` may not start a line in .smk files
 
-from mhsa.config import build_run_config, weights_digest
-from mhsa.study import StudyError, build_study, cell_overrides, dataset_root, table_number
+# `report(` may not start a line in .smk files: import it under another name
+from snakemake.io import report as report_flag
+
+from mhsa.config import ConfigError, build_run_config, weights_digest
+from mhsa.data.datasets import where_to_get
+from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
+from mhsa.study import (
+    StudyError,
+    build_study,
+    cell_overrides,
+    dataset_root,
+    table_number,
+)
+from mhsa.tables import TABLE_FORMATS
+from mhsa.tracking import default_uri
 
 try:
     # `--config preset=paper` lands in config["preset"] and wins over config.yaml.
@@ -29,16 +40,17 @@ DATASETS = list(CFG["datasets"])
 CELLS = list(STUDY.cells)
 TABLES = STUDY.table_ids()
 FIGURES = STUDY.figure_ids()
-TABLE_FORMATS = ["csv", "md", "html", "tex"]
 REPORT_DIR = Path(str(workflow.current_basedir)).parent / "report"
 
 # One MLflow store for every job: exported here, so local jobs inherit it and cluster jobs
 # (which re-parse this file) compute the same value. Not a train_cell param on purpose: the
 # absolute path would make a moved checkout retrain every cell.
 # MLFLOW_TRACKING_URI is optional (a tracking server), hence no `envvars:` directive, which
-# would make it mandatory. Same default as mhsa.tracking.default_uri (no mlflow import here).
+# would make it mandatory. default_uri honours it (mhsa.tracking imports mlflow only when used).
+# (`snakemake --lint` asks for `envvars:` wherever a literal name indexes the environment; this
+# variable is optional and only written here, hence the constant.)
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
-MLFLOW_URI = os.environ.get(MLFLOW_ENV) or "sqlite:///" + str((Path(RESULTS) / "mlflow.db").resolve())
+MLFLOW_URI = default_uri(RESULTS)
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
 
@@ -62,13 +74,7 @@ def metrics_file(cell):
 
 def data_marker(name):
     """Snakemake-visible product of a synthetic data set (the generator writes it last)."""
-    return f"{dataset_root(CFG, name)}/.complete"
-
-
-def table_files(formats=TABLE_FORMATS):
-    return [
-        f"{RESULTS}/tables/table_{table_number(t)}.{ext}" for t in TABLES for ext in formats
-    ]
+    return f"{dataset_root(CFG, name)}/{COMPLETE_MARKER}"
 
 
 def all_metrics():
@@ -93,12 +99,8 @@ def needed_datasets(cell_ids=None):
     return names
 
 
-def dataset_seed(name):
-    """A fixed seed per data set (its position under `datasets:`), distinct across data sets."""
-    return 1000 + DATASETS.index(name)
-
-
 def synthetic_seed(wildcards):
+    """`mhsa.data.synthetic.dataset_seed`: the same images as `python -m mhsa train` draws."""
     return dataset_seed(wildcards.name)
 
 
@@ -134,7 +136,8 @@ def run_digest(wildcards):
     optimiser, data size/sampling/augmentation, seed, precision) plus, for synthetic presets, the
     generator settings and seed of the training set. Runtime settings (workers, threads, devices,
     checkpoint cadence), evaluation, tracking and data roots are not in it: changing them reuses
-    the checkpoint (a new test mode resumes from the final epoch and only re-evaluates)."""
+    the checkpoint (a new test mode resumes from the final epoch and only re-evaluates).
+    """
     cfg = build_run_config(CFG["recipe"], train_overrides(wildcards))
     extra = ""
     if SYNTHETIC:
@@ -145,12 +148,18 @@ def run_digest(wildcards):
 
 def checkpoint_dir(wildcards):
     """results/checkpoints/<cell>/<digest>/: not an output (a killed job keeps it and the rerun
-    resumes), and keyed by the run config so a changed recipe/preset never resumes a stale model."""
+    resumes), and keyed by the run config so a changed recipe/preset never resumes a stale model.
+    """
     return f"{RESULTS}/checkpoints/{wildcards.cell}/{run_digest(wildcards)}"
 
 
 def experiment_names():
-    return sorted({cell_overrides(STUDY, c)["tracking"]["experiment"] for c in STUDY.cells.values()})
+    return sorted(
+        {
+            cell_overrides(STUDY, c)["tracking"]["experiment"]
+            for c in STUDY.cells.values()
+        }
+    )
 
 
 # ---------------------------------------------------------------------------- tables rule
@@ -165,7 +174,9 @@ def table_rows():
 
 def table_caption(table):
     specific = REPORT_DIR / f"table_{table}.rst"
-    return f"../report/table_{table}.rst" if specific.exists() else "../report/table.rst"
+    return (
+        f"../report/table_{table}.rst" if specific.exists() else "../report/table.rst"
+    )
 
 
 def table_outputs():
@@ -181,7 +192,9 @@ def table_outputs():
         for ext in TABLE_FORMATS
     ] + [
         report_flag(
-            f"{RESULTS}/tables/summary.md", caption="../report/summary.rst", category="Summary"
+            f"{RESULTS}/tables/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
         )
     ]
 
@@ -189,30 +202,29 @@ def table_outputs():
 # ------------------------------------------------------------------- real data set check
 def missing_roots(names):
     """[(name, root tried, where it is published)] for each data set whose root is absent."""
-    try:
-        from mhsa.data.datasets import where_to_get
-    except ImportError:  # pragma: no cover - the parsers are part of the package
-        def where_to_get(name):
-            return "see docs/workflow.md"
     out = []
     for name in names:
         root = dataset_root(CFG, name)
         if not Path(root).exists():
             try:
                 url = where_to_get(name)
-            except KeyError:
+            except ConfigError:
                 url = "unknown data set name"
             out.append((name, root, url))
     return out
 
 
 def pending_cells():
-    """Cells whose train_cell job is about to run (all cells if the DAG cannot be read)."""
-    try:
-        jobs = workflow.dag.needrun_jobs()
-        return sorted({j.wildcards.cell for j in jobs if j.rule.name == "train_cell"})
-    except Exception:
+    """Cells whose train_cell job is about to run.
+
+    `workflow.dag` is Snakemake's internal API: where a Snakemake version does not offer it (no
+    `dag` / `needrun_jobs`), check the data of every cell instead, which is stricter, never laxer.
+    Any other error is a real bug and propagates."""
+    dag = getattr(workflow, "dag", None)
+    if dag is None or not hasattr(dag, "needrun_jobs"):
         return CELLS
+    jobs = dag.needrun_jobs()
+    return sorted({j.wildcards.cell for j in jobs if j.rule.name == "train_cell"})
 
 
 def check_real_data():
@@ -222,9 +234,13 @@ def check_real_data():
     missing = missing_roots(needed_datasets(pending_cells()))
     if not missing:
         return
-    lines = [f"preset {PRESET!r} uses real data sets, and {len(missing)} needed root(s) are missing:"]
+    lines = [
+        f"preset {PRESET!r} uses real data sets, and {len(missing)} needed root(s) are missing:"
+    ]
     for name, root, url in missing:
-        lines.append(f"  - {name}: tried {os.path.abspath(root)}\n      published at: {url}")
+        lines.append(
+            f"  - {name}: tried {os.path.abspath(root)}\n      published at: {url}"
+        )
     lines.append(
         "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
         "--config), or run a synthetic preset (--config preset=demo). No job was started."

@@ -5,20 +5,20 @@
 
 rule synthetic_dataset:
     output:
-        f"{RESULTS}/synthetic/{{name}}/.complete",
+        f"{RESULTS}/synthetic/{{name}}/{COMPLETE_MARKER}",
+    log:
+        f"{RESULTS}/logs/synthetic/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthetic/{{name}}.tsv"
     wildcard_constraints:
         name=DATASET_PATTERN,
+    conda:
+        "../../envs/mhsa.yaml"
     params:
         root=synthetic_root,
         layout="{name}",
         seed=synthetic_seed,
         synthetic=CFG.get("synthetic", {}),
-    log:
-        f"{RESULTS}/logs/synthetic/{{name}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synthetic/{{name}}.tsv"
-    conda:
-        "../../envs/mhsa.yaml"
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -26,12 +26,12 @@ rule synthetic_dataset:
 rule mlflow_store:
     output:
         MLFLOW_MARKER,
-    params:
-        uri=MLFLOW_URI,
-        experiments=experiment_names(),
     log:
         f"{RESULTS}/logs/mlflow_store.log",
     conda:
         "../../envs/mhsa.yaml"
+    params:
+        uri=MLFLOW_URI,
+        experiments=experiment_names(),
     script:
         "../scripts/mlflow_store.py"

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import cuhk03, dukemtmc, market1501, occluded_duke, p_dukemtmc, partial_ilids, partial_reid
+from mhsa.errors import ConfigError
+
 from .base import DatasetNotFoundError, Item, ReidDataset
 
 __all__ = ["DatasetNotFoundError", "Item", "ReidDataset", "load", "names", "where_to_get"]
@@ -35,7 +37,7 @@ def _entry(name: str):
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown data set {name!r}; known: {', '.join(_REGISTRY)}") from None
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
 def where_to_get(name: str) -> str:
