@@ -35,8 +35,10 @@ from mhsa.data import datasets
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
+from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.evaluation import evaluate_modes, extract_features
+from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
@@ -83,17 +85,11 @@ def seed_everything(seed: int, epoch: int = 0) -> int:
 
 def ensure_data(name: str, root: str, synthetic: dict | None):
     """Load a data set; generate the synthetic stand-in first when configured and absent."""
-    if synthetic is not None and not (Path(root) / ".complete").exists():
-        from mhsa.data.synthetic import generate
-
+    if synthetic is not None and not is_complete(root):
         params = dict(synthetic)
-        seed = params.pop("seed", 0)
-        generate(root, name, seed=seed, **params)
+        seed = params.pop("seed", None)
+        generate(root, name, seed=dataset_seed(name) if seed is None else seed, **params)
     return datasets.load(name, root)
-
-
-def default_modes(cfg: RunConfig) -> list[str]:
-    return ["global", "local", "concat"] if cfg.model.mhsam else ["global"]
 
 
 def eval_targets(cfg: RunConfig) -> dict:
@@ -102,7 +98,8 @@ def eval_targets(cfg: RunConfig) -> dict:
     out = {}
     for name, t in targets.items():
         synthetic = t.get("synthetic", cfg.data.synthetic if t["root"] == cfg.data.root else None)
-        out[name] = (ensure_data(name, t["root"], synthetic), list(t.get("modes") or default_modes(cfg)))
+        modes = list(t.get("modes") or default_modes(cfg.model.mhsam))
+        out[name] = (ensure_data(name, t["root"], synthetic), modes)
     return out
 
 
@@ -186,7 +183,7 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
-        base = sorted({m.removesuffix("_rerank") for m in modes})
+        base = base_modes(modes)
         cuda = device.type == "cuda"
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
         kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
