@@ -28,8 +28,17 @@ class ModelConfig:
     fusion: str = "saffm"  # saffm | concat | sum (Table VIII)
     residual: bool = True  # False: "w/o RLM" (Table VIII)
     last_stride: int = 1
-    attention_layers: int = 2  # 3: the authors' public code
+    attention_layers: int = 2  # 3: one more 512->512 layer (not the authors' code: see attention_mlp)
     feat_dim: int = 512
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    attention_softmax: str = "heads"  # heads (Eq. 1) | positions (authors: per head over the h*w map)
+    attention_mlp: str = "paper"  # paper (C->512->K) | authors (C->1024->256->K)
+    saffm_form: str = "paper"  # paper (Eq. 6-7) | authors (one weight per head, LayerNorm on p*)
+    z_layernorm: bool = False  # True: authors' extra LayerNorm on z
+    extra_bottleneck: bool = False  # True: authors' random-init Bottleneck after layer4
+    shared_classifier: bool = False  # True: authors' one classifier for q*, p*, z
+    residual_detach_q: bool = False  # True: no gradient from the RLM into q* (a reading of Sec. V-D)
+    init: str = "paper"  # paper | authors (the code's initialisation of the heads)
 
 
 @dataclass
@@ -43,6 +52,11 @@ class LossConfig:
     fdrt_norm: str = "l1"  # l1 (Eq. 3) | fro (authors' code)
     competition_form: str = "paper"  # paper (Eq. 12) | code (sum of alpha < 0.01, unsquared)
     ihtl_self_positive: bool = False  # True: authors' code (anchor's own heads are positives)
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    distance: str = "squared"  # squared (Eq. 4-5) | euclidean (authors: triplet and IHTL)
+    fdrt_form: str = "paper"  # paper (Eq. 3, with fdrt_norm) | authors (Gram of raw P, 1/25, batch sum)
+    competition_reduction: str = "mean"  # mean over images | sum (authors' trainer)
+    competition_threshold: float = 0.01  # threshold of competition_form=code (utils/loss.py: 1e-3)
 
 
 @dataclass
@@ -74,6 +88,9 @@ class OptimConfig:
     epochs: int = 400
     freeze_attention_mlp: bool = False  # True reproduces the authors' optimizer bug
     grad_clip: float = 0.0
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    param_set: str = "all"  # all | authors (leaves out attention MLP, Eq. 2 linear, SAFFM last layer, LayerNorm)
+    warmup: str = "linear"  # linear | staircase (authors: lr * (e*10 // warmup_epochs + 1) / 10)
 
 
 @dataclass
@@ -85,6 +102,7 @@ class EvalConfig:
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
     attention_images: int = 6  # query images whose attention maps are saved
+    rerank_input: str = "squared"  # squared (torchreid) | euclidean (authors): distances given to re-ranking
 
 
 @dataclass
@@ -207,7 +225,45 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, target in cfg.eval.targets.items():
         _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
                "each target needs a `root` (and optional `modes`)")
+    _validate_authors_switches(cfg)
     return cfg
+
+
+# --- the authors' public code as a second reading (issue 12) ------------------------------------
+# dotted key -> allowed values; the first value is the default (the paper's reading)
+AUTHORS_CHOICES = {
+    "model.attention_softmax": ("heads", "positions"),
+    "model.attention_mlp": ("paper", "authors"),
+    "model.saffm_form": ("paper", "authors"),
+    "model.init": ("paper", "authors"),
+    "loss.distance": ("squared", "euclidean"),
+    "loss.fdrt_form": ("paper", "authors"),
+    "loss.competition_reduction": ("mean", "sum"),
+    "optim.param_set": ("all", "authors"),
+    "optim.warmup": ("linear", "staircase"),
+    "eval.rerank_input": ("squared", "euclidean"),
+}
+# weight-defining keys added for issue 12 with their defaults: left out of `weights_config` while at their
+# default, so checkpoints and digests of paper-reading cells stay what they were before the switches existed
+_AUTHORS_WEIGHT_DEFAULTS = {
+    **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},
+    "model.z_layernorm": False, "model.extra_bottleneck": False, "model.shared_classifier": False,
+    "model.residual_detach_q": False, "loss.competition_threshold": 0.01,
+}
+
+
+def _validate_authors_switches(cfg: RunConfig) -> None:
+    for key, choices in AUTHORS_CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(key, value in choices, f"must be {'|'.join(choices)}, got {value!r}")
+    m = cfg.model
+    _check("loss.competition_threshold", cfg.loss.competition_threshold > 0,
+           f"must be > 0, got {cfg.loss.competition_threshold}")
+    _check("model.shared_classifier", not (m.shared_classifier and m.fusion == "concat"),
+           "one classifier for p* and z needs p* of z's size; fusion: concat makes p* K*512-d")
+    _check("model.attention_mlp", not (m.attention_mlp == "authors" and m.attention_layers != 2),
+           f"authors fixes the MLP's depth: leave model.attention_layers at 2, got {m.attention_layers}")
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:
@@ -278,7 +334,8 @@ def weights_config(cfg: RunConfig) -> dict[str, str]:
     (the form a checkpoint stores and compares, and the digest hashes)."""
     flat = flatten(cfg.to_dict())
     return {k: str(v) for k, v in sorted(flat.items())
-            if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS}
+            if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS
+            and not (k in _AUTHORS_WEIGHT_DEFAULTS and v == _AUTHORS_WEIGHT_DEFAULTS[k])}
 
 
 def weights_digest(cfg: RunConfig) -> str:

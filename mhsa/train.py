@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mhsa.authors_recipe import staircase_warmup
 from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.loader import ImageDataset
@@ -32,6 +33,7 @@ from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model import build_model
+from mhsa.model.authors import AUTHORS_SWITCHES, frozen_parameter_names
 from mhsa.progress import Progress
 from mhsa.provenance import environment
 from mhsa.tracking import CellTracker
@@ -65,14 +67,17 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
     """Linear warm-up over the first `warmup_epochs`, then step decay at each milestone."""
     o = cfg.optim
     if o.warmup_epochs and epoch <= o.warmup_epochs:
+        if o.warmup == "staircase":
+            return staircase_warmup(o.lr, o.warmup_epochs, epoch)
         frac = (epoch - 1) / max(o.warmup_epochs, 1)
         return o.lr * (o.warmup_factor + (1 - o.warmup_factor) * frac)
     return o.lr * o.decay ** sum(epoch > m for m in o.milestones)
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    frozen = frozen_parameter_names(model, cfg.optim.param_set)
     params = [p for n, p in model.named_parameters()
-              if not (cfg.optim.freeze_attention_mlp and n.startswith("mhsam.attention"))]
+              if not (cfg.optim.freeze_attention_mlp and n.startswith("mhsam.attention")) and n not in frozen]
     if cfg.optim.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                weight_decay=cfg.optim.weight_decay)
@@ -191,7 +196,8 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         q = extract_features(model, test_loader(cfg, ds.query, device), **kw)
         g = extract_features(model, test_loader(cfg, ds.gallery, device), **kw)
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
-                                       g["camids"], modes, rerank_params=rerank)
+                                       g["camids"], modes, rerank_params=rerank,
+                                       rerank_input=cfg.eval.rerank_input)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results
@@ -252,13 +258,16 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     model = build_model(train_set.num_train_pids, num_heads=m.num_heads, backbone=m.backbone,
                         pretrained=m.pretrained, mhsam=m.mhsam, fusion=m.fusion, residual=m.residual,
                         last_stride=m.last_stride, attention_layers=m.attention_layers,
-                        feat_dim=m.feat_dim).to(device)
+                        feat_dim=m.feat_dim, **{k: getattr(m, k) for k in AUTHORS_SWITCHES}).to(device)
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
     model = model.to(memory_format=fmt)
     lo = cfg.loss
     criterion = Criterion(lambda1=lo.lambda1, lambda2=lo.lambda2, lambda3=lo.lambda3, gamma=lo.gamma,
                           global_ce=lo.global_ce, label_smoothing=lo.label_smoothing, fdrt_norm=lo.fdrt_norm,
-                          competition_form=lo.competition_form, ihtl_self_positive=lo.ihtl_self_positive)
+                          competition_form=lo.competition_form, ihtl_self_positive=lo.ihtl_self_positive,
+                          distance=lo.distance, fdrt_form=lo.fdrt_form,
+                          competition_reduction=lo.competition_reduction,
+                          competition_threshold=lo.competition_threshold)
     optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
 

@@ -17,6 +17,7 @@ __all__ = ["squared_euclidean", "extract_features", "evaluate_modes"]
 _BASE_MODES = ("global", "local", "concat")
 _HEAD_RE = re.compile(r"^head([1-9][0-9]*)$")
 _DEFAULT_RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}
+RERANK_INPUTS = ("squared", "euclidean")
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -149,14 +150,19 @@ def evaluate_modes(
     g_camids,
     modes: Iterable[str],
     rerank_params: Mapping | None = None,
+    rerank_input: str = "squared",
 ) -> dict:
     """Evaluate each test mode (``global``, ``concat``, ``head3``, ``concat_rerank``, ...).
 
     Distances are squared Euclidean (torchreid's ``euclidean`` metric); ``<base>_rerank`` re-ranks
     the ``<base>`` q-g distances with q-q and g-g squared Euclidean distances (as torchreid's engine).
+    ``rerank_input="euclidean"`` gives re-ranking their square roots instead, as the authors' evaluator
+    does (trainers/evaluator.py:102-114); re-ranking squares its input either way.
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
     params = dict(_DEFAULT_RERANK if rerank_params is None else rerank_params)
+    if rerank_input not in RERANK_INPUTS:
+        raise ValueError(f"rerank_input={rerank_input!r} must be one of {list(RERANK_INPUTS)}")
     results: dict[str, dict] = {}
     cache: dict[str, torch.Tensor] = {}
     for mode in modes:
@@ -172,6 +178,8 @@ def evaluate_modes(
         if rerank:
             qq = squared_euclidean(q_feats[base], q_feats[base])
             gg = squared_euclidean(g_feats[base], g_feats[base])
+            if rerank_input == "euclidean":
+                qg, qq, gg = qg.sqrt(), qq.sqrt(), gg.sqrt()
             dist = re_ranking(qg.cpu().numpy(), qq.cpu().numpy(), gg.cpu().numpy(), **params)
             del qq, gg
         else:
