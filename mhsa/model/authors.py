@@ -38,6 +38,9 @@ _TWICE_MOMENTUM = 1 - (1 - 0.1) ** 2
 
 
 def check_authors_switches(sw: dict, fusion: str, attention_layers: int = 2) -> None:
+    unknown = sorted(set(sw) - set(AUTHORS_SWITCHES))
+    if unknown:
+        raise ValueError(f"unknown model switch(es) {unknown}; known: {list(AUTHORS_SWITCHES)}")
     for name, choices in _CHOICES.items():
         if sw[name] not in choices:
             raise ValueError(f"{name}={sw[name]!r} must be one of {list(choices)}")
