@@ -18,12 +18,22 @@ from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
 from mhsa.switches import (
     ATTENTION_LAYERS,
+    ATTENTION_MLPS,
+    ATTENTION_SOFTMAXES,
     BACKBONES,
     COMPETITION_FORMS,
+    COMPETITION_REDUCTIONS,
     DEFAULT_GAMMA,
+    DISTANCES,
+    FDRT_FORMS,
     FDRT_NORMS,
     FUSIONS,
+    INITS,
+    PARAM_SETS,
+    RERANK_INPUTS,
+    SAFFM_FORMS,
     SWITCHES,
+    WARMUPS,
 )
 
 __all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
@@ -42,8 +52,17 @@ class ModelConfig:
     fusion: str = SWITCHES["fusion"]  # saffm | concat | sum (Table VIII)
     residual: bool = SWITCHES["residual"]  # False: "w/o RLM" (Table VIII)
     last_stride: int = SWITCHES["last_stride"]
-    attention_layers: int = SWITCHES["attention_layers"]  # 3: the authors' public code
+    attention_layers: int = SWITCHES["attention_layers"]  # 3: one more 512->512 layer (see attention_mlp)
     feat_dim: int = SWITCHES["feat_dim"]
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    attention_softmax: str = SWITCHES["attention_softmax"]
+    attention_mlp: str = SWITCHES["attention_mlp"]
+    saffm_form: str = SWITCHES["saffm_form"]
+    z_layernorm: bool = SWITCHES["z_layernorm"]
+    extra_bottleneck: bool = SWITCHES["extra_bottleneck"]
+    shared_classifier: bool = SWITCHES["shared_classifier"]
+    residual_detach_q: bool = SWITCHES["residual_detach_q"]
+    init: str = SWITCHES["init"]
 
 
 @dataclass
@@ -57,6 +76,11 @@ class LossConfig:
     fdrt_norm: str = "l1"  # l1 (Eq. 3) | fro (authors' code)
     competition_form: str = "paper"  # paper (Eq. 12) | code (sum of alpha < 0.01, unsquared)
     ihtl_self_positive: bool = False  # True: authors' code (anchor's own heads are positives)
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    distance: str = "squared"  # squared (Eq. 4-5) | euclidean (authors: triplet and IHTL)
+    fdrt_form: str = "paper"  # paper (Eq. 3, with fdrt_norm) | authors (Gram of raw P, 1/25, batch sum)
+    competition_reduction: str = "mean"  # mean over images | sum (authors' trainer)
+    competition_threshold: float = 0.01  # threshold of competition_form=code (utils/loss.py: 1e-3)
 
 
 @dataclass
@@ -88,6 +112,9 @@ class OptimConfig:
     epochs: int = 400
     freeze_attention_mlp: bool = False  # True reproduces the authors' optimizer bug
     grad_clip: float = 0.0
+    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    param_set: str = "all"  # all | authors (leaves out attention MLP, Eq. 2 linear, SAFFM last layer, LayerNorm)
+    warmup: str = "linear"  # linear | staircase (authors: lr * (e*10 // warmup_epochs + 1) / 10)
 
 
 @dataclass
@@ -99,6 +126,7 @@ class EvalConfig:
     rerank_k2: int = RERANK_DEFAULTS["k2"]
     rerank_lambda: float = RERANK_DEFAULTS["lambda_value"]
     attention_images: int = 6  # query images whose attention maps are saved
+    rerank_input: str = "squared"  # squared (torchreid) | euclidean (authors): distances given to re-ranking
 
 
 @dataclass
@@ -270,7 +298,48 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check("amp", cfg.amp in AMP_MODES, f"must be one of {'|'.join(AMP_MODES)}, got {cfg.amp!r}"
            + (" (quote 'off': YAML reads a bare off as false)" if cfg.amp in ("False", "None") else ""))
     _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
+    for name, target in cfg.eval.targets.items():
+        _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
+               "each target needs a `root` (and optional `modes`)")
+    _validate_authors_switches(cfg)
     return cfg
+
+
+# --- the authors' public code as a second reading (issue 12) ------------------------------------
+# dotted key -> allowed values; the first value is the default (the paper's reading)
+AUTHORS_CHOICES = {
+    "model.attention_softmax": ATTENTION_SOFTMAXES,
+    "model.attention_mlp": ATTENTION_MLPS,
+    "model.saffm_form": SAFFM_FORMS,
+    "model.init": INITS,
+    "loss.distance": DISTANCES,
+    "loss.fdrt_form": FDRT_FORMS,
+    "loss.competition_reduction": COMPETITION_REDUCTIONS,
+    "optim.param_set": PARAM_SETS,
+    "optim.warmup": WARMUPS,
+    "eval.rerank_input": RERANK_INPUTS,
+}
+# weight-defining keys added for issue 12 with their defaults: left out of `weights_config` while at their
+# default, so checkpoints and digests of paper-reading cells stay what they were before the switches existed
+_AUTHORS_WEIGHT_DEFAULTS = {
+    **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},
+    "model.z_layernorm": False, "model.extra_bottleneck": False, "model.shared_classifier": False,
+    "model.residual_detach_q": False, "loss.competition_threshold": 0.01,
+}
+
+
+def _validate_authors_switches(cfg: RunConfig) -> None:
+    for key, choices in AUTHORS_CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(key, value in choices, f"must be {'|'.join(choices)}, got {value!r}")
+    m = cfg.model
+    _check("loss.competition_threshold", cfg.loss.competition_threshold > 0,
+           f"must be > 0, got {cfg.loss.competition_threshold}")
+    _check("model.shared_classifier", not (m.shared_classifier and m.fusion == "concat"),
+           "one classifier for p* and z needs p* of z's size; fusion: concat makes p* K*512-d")
+    _check("model.attention_mlp", not (m.attention_mlp == "authors" and m.attention_layers != 2),
+           f"authors fixes the MLP's depth: leave model.attention_layers at 2, got {m.attention_layers}")
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:
@@ -341,7 +410,8 @@ def weights_config(cfg: RunConfig) -> dict[str, str]:
     (the form a checkpoint stores and compares, and the digest hashes)."""
     flat = flatten(cfg.to_dict())
     return {k: str(v) for k, v in sorted(flat.items())
-            if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS}
+            if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS
+            and not (k in _AUTHORS_WEIGHT_DEFAULTS and v == _AUTHORS_WEIGHT_DEFAULTS[k])}
 
 
 def weights_digest(cfg: RunConfig) -> str:

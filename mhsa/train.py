@@ -190,7 +190,8 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         q = extract_features(model, test_loader(cfg, ds.query, device), **kw)
         g = extract_features(model, test_loader(cfg, ds.gallery, device), **kw)
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
-                                       g["camids"], modes, rerank_params=rerank)
+                                       g["camids"], modes, rerank_params=rerank,
+                                       rerank_input=cfg.eval.rerank_input)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results

@@ -148,11 +148,25 @@ VARIANTS = {
     "concat": ({"fusion": "concat"}, {}),
     "sum": ({"fusion": "sum"}, {}),
     "wo-rlm": ({"residual": False}, {}),
-    "authors-code": (
-        {"attention_layers": 3},
-        {"label_smoothing": 0.1, "fdrt_norm": "fro", "competition_form": "code", "ihtl_self_positive": True},
+    "authors-code": (  # the public code's reading (docs/paper-to-code.md, Reading 2)
+        {"attention_softmax": "positions", "attention_mlp": "authors", "saffm_form": "authors",
+         "z_layernorm": True, "extra_bottleneck": True, "shared_classifier": True, "init": "authors"},
+        {"label_smoothing": 0.1, "competition_form": "code", "ihtl_self_positive": True, "global_ce": False,
+         "distance": "euclidean", "fdrt_form": "authors", "competition_reduction": "sum", "lambda3": 1e-4},
     ),
 }
+
+
+@pytest.mark.parametrize("switches", [
+    {"attention_softmax": "positions"}, {"attention_mlp": "authors"}, {"saffm_form": "authors"},
+    {"z_layernorm": True}, {"extra_bottleneck": True}, {"shared_classifier": True}, {"init": "authors"},
+])
+def test_every_parameter_gets_a_gradient_under_each_authors_switch(switches):
+    model = tiny_model(**switches)
+    total, _ = Criterion(lambda1=0.1, lambda2=0.5, lambda3=0.1, gamma=0.2)(model(tiny_batch()), PIDS)
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

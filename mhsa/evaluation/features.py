@@ -8,6 +8,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from mhsa.errors import ConfigError
+from mhsa.switches import RERANK_INPUTS
+
 from .modes import RERANK_SUFFIX, parse_mode
 from .protocol import evaluate
 from .rerank import RERANK_DEFAULTS, re_ranking
@@ -143,14 +146,19 @@ def evaluate_modes(
     g_camids,
     modes: Iterable[str],
     rerank_params: Mapping | None = None,
+    rerank_input: str = "squared",
 ) -> dict:
     """Evaluate each test mode (``global``, ``concat``, ``head3``, ``concat_rerank``, ...).
 
     Distances are squared Euclidean (torchreid's ``euclidean`` metric); ``<base>_rerank`` re-ranks
     the ``<base>`` q-g distances with q-q and g-g squared Euclidean distances (as torchreid's engine).
+    ``rerank_input="euclidean"`` gives re-ranking their square roots instead, as the authors' evaluator
+    does (trainers/evaluator.py:102-114); re-ranking squares its input either way.
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
     params = dict(RERANK_DEFAULTS if rerank_params is None else rerank_params)
+    if rerank_input not in RERANK_INPUTS:
+        raise ConfigError(f"config key 'eval.rerank_input': {rerank_input!r} must be one of {list(RERANK_INPUTS)}")
     results: dict[str, dict] = {}
     cache: dict[str, torch.Tensor] = {}
     for mode in modes:
@@ -166,6 +174,8 @@ def evaluate_modes(
         if rerank:
             qq = squared_euclidean(q_feats[base], q_feats[base])
             gg = squared_euclidean(g_feats[base], g_feats[base])
+            if rerank_input == "euclidean":
+                qg, qq, gg = qg.sqrt(), qq.sqrt(), gg.sqrt()
             dist = re_ranking(qg.cpu().numpy(), qq.cpu().numpy(), gg.cpu().numpy(), **params)
             del qq, gg
         else:

@@ -2,8 +2,8 @@
 
 from mhsa.losses.competition import competition
 from mhsa.losses.criterion import TERMS, Criterion
-from mhsa.losses.fdrt import fdrt
+from mhsa.losses.fdrt import fdrt, fdrt_authors
 from mhsa.losses.ihtl import ihtl
 from mhsa.losses.triplet import hard_triplet
 
-__all__ = ["TERMS", "Criterion", "competition", "fdrt", "hard_triplet", "ihtl"]
+__all__ = ["TERMS", "Criterion", "competition", "fdrt", "fdrt_authors", "hard_triplet", "ihtl"]

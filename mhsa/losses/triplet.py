@@ -5,12 +5,23 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+DISTANCES = ("squared", "euclidean")
+
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """d(a_i, b_j) = ||a_i - b_j||_2^2 for all pairs, (N, D) x (M, D) -> (N, M), clamped at 0."""
     # the expanded form avoids materialising an (N, M, D) tensor; clamping removes tiny negative round-off
     d = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * a @ b.t()
     return d.clamp_min(0.0)
+
+
+def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "squared") -> torch.Tensor:
+    """``squared``: ||a_i - b_j||^2 (Eq 4-5); ``euclidean``: sqrt(max(||a_i - b_j||^2, 1e-12)), the
+    authors' ``euclidean_dist`` (loss.py:29-44), whose clamp keeps the gradient of sqrt finite at 0."""
+    if distance not in DISTANCES:
+        raise ValueError(f"distance={distance!r} must be one of {list(DISTANCES)}")
+    d = squared_distances(a, b)
+    return d if distance == "squared" else d.clamp_min(1e-12).sqrt()
 
 
 def batch_hard_soft_margin(
@@ -36,11 +47,11 @@ def batch_hard_soft_margin(
     return per_anchor.sum() / valid.sum().clamp_min(1)
 
 
-def hard_triplet(feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+def hard_triplet(feats: torch.Tensor, pids: torch.Tensor, distance: str = "squared") -> torch.Tensor:
     """Eq 4: batch-hard triplet loss, soft margin ln(1+exp(d_p - d_n)), squared Euclidean d, mean over anchors
 
-    An anchor is not its own positive.
+    An anchor is not its own positive. ``distance="euclidean"`` uses the square root (authors' code).
     """
     feats = feats.float()
-    dist = squared_distances(feats, feats)
+    dist = pair_distances(feats, feats, distance)
     return batch_hard_soft_margin(dist, dist, pids)

@@ -7,11 +7,19 @@ import os
 import torch
 from torch import nn
 
+from mhsa.model.authors import (
+    AUTHORS_SWITCHES,
+    apply_authors_init,
+    check_authors_switches,
+    extra_bottleneck,
+    frozen_parameter_names,
+)
 from mhsa.model.backbone import LAST_STRIDES, Backbone
 from mhsa.model.heads import (
     ATTENTION_LAYERS,
     FUSIONS,
     GlobalFeatureBranch,
+    HeadWeightFusion,
     MultiHeadSelfAttention,
     ResidualLearning,
     build_fusion,
@@ -38,28 +46,48 @@ class MHSANet(nn.Module):
         last_stride: int = 1,
         attention_layers: int = 2,
         feat_dim: int = 512,
+        **authors: object,
     ) -> None:
         super().__init__()
+        sw = {**AUTHORS_SWITCHES, **authors}
+        check_authors_switches(sw, fusion, attention_layers)
+        self.switches = sw
         self.num_heads = num_heads
         self.fusion_name = fusion
         self.backbone = Backbone(backbone, pretrained=pretrained, last_stride=last_stride)
         channels = self.backbone.out_channels
+        self.extra_block = extra_bottleneck(channels) if sw["extra_bottleneck"] else None
         self.gfb = GlobalFeatureBranch(channels, feat_dim)
         self.classifier_q = nn.Linear(feat_dim, num_classes)
         self.has_mhsam = mhsam
+        self.shared_classifier = bool(sw["shared_classifier"])
+        self.norm_p = mhsam and fusion == "saffm" and sw["saffm_form"] == "authors"
         if mhsam:
-            self.mhsam = MultiHeadSelfAttention(channels, num_heads, feat_dim, layers=attention_layers)
-            self.fusion = build_fusion(fusion, feat_dim)
+            self.mhsam = MultiHeadSelfAttention(
+                channels, num_heads, feat_dim, layers=attention_layers,
+                softmax=sw["attention_softmax"], mlp=sw["attention_mlp"],
+            )
+            self.fusion = HeadWeightFusion(feat_dim, num_heads) if self.norm_p else build_fusion(fusion, feat_dim)
             fused_dim = feat_dim * num_heads if fusion == "concat" else feat_dim
-            self.classifier_p = nn.Linear(fused_dim, num_classes)
-            self.rlm = ResidualLearning(feat_dim, residual=residual)
-            self.classifier_z = nn.Linear(feat_dim, num_classes)
+            if not self.shared_classifier:
+                self.classifier_p = nn.Linear(fused_dim, num_classes)
+            self.rlm = ResidualLearning(
+                feat_dim, residual=residual, detach_q=sw["residual_detach_q"], norm_z=sw["z_layernorm"]
+            )
+            if not self.shared_classifier:
+                self.classifier_z = nn.Linear(feat_dim, num_classes)
         self._init_heads()
+        if sw["init"] == "authors":
+            apply_authors_init(self)
+
+    def frozen_parameter_names(self, param_set: str = "authors") -> set[str]:
+        """Names of the parameters the authors' optimiser leaves out (``optim.param_set: authors``)."""
+        return frozen_parameter_names(self, param_set)
 
     def _init_heads(self) -> None:
         # reid-strong-baseline style; the (possibly pretrained) backbone is left untouched
         for name, module in self.named_modules():
-            if name.startswith("backbone"):
+            if name.startswith(("backbone", "extra_block")):
                 continue
             if name.startswith("classifier_"):
                 nn.init.normal_(module.weight, std=0.001)
@@ -74,14 +102,20 @@ class MHSANet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         Q = self.backbone(x)
+        if self.extra_block is not None:
+            Q = self.extra_block(Q)
         q = self.gfb(Q)
         if not self.has_mhsam:
             return {"q": q, "logits_q": self.classifier_q(q)} if self.training else {"global": q}
         P, alpha = self.mhsam(Q)
         p = self.fusion(P)
+        if self.norm_p:
+            p = self.rlm.normalize(p).to(P.dtype)
         if not self.training:
             return {"global": q, "local": p, "concat": torch.cat([p, q], dim=1), "heads": P, "alpha": alpha}
         z = self.rlm(q, P)
+        classifier_p = self.classifier_q if self.shared_classifier else self.classifier_p
+        classifier_z = self.classifier_q if self.shared_classifier else self.classifier_z
         return {
             "q": q,
             "p": p,
@@ -89,8 +123,8 @@ class MHSANet(nn.Module):
             "z": z,
             "alpha": alpha,
             "logits_q": self.classifier_q(q),
-            "logits_p": self.classifier_p(p),
-            "logits_z": self.classifier_z(z),
+            "logits_p": classifier_p(p),
+            "logits_z": classifier_z(z),
         }
 
 
