@@ -1,4 +1,5 @@
-# The paper's tables and figures from the cells' metrics.json (+ attention.npz for the grid).
+# The paper's tables and figures from the cells' metrics.json, and each cell's attention
+# overlay (drawn from its attention.npz and logged to the cell's MLflow run with its `feeds` tag).
 
 
 rule tables:
@@ -14,8 +15,15 @@ rule tables:
             category="Figures",
             labels={"figure": "{name}"},
         ),
+        overlays=all_overlays(),
     params:
-        rows=table_rows(),
+        # The rerun trigger, and what the script reads: the resolved config, the cells and the
+        # table/figure rows. Editing a title, a row's name or test mode, or a `plot:` entry
+        # reruns this rule only; what retrains a cell is in train_cell's own params.
+        study=study_data(),
+        runs_dir=f"{RESULTS}/runs",
+        tables_dir=f"{RESULTS}/tables",
+    threads: 2  # the overlays are drawn beside the figures (the last job: the cores are free)
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
