@@ -253,3 +253,39 @@ def test_build_all_figures(tmp_path):
     del cfg["figures"]["9"]["plot"]
     with pytest.raises(ConfigError, match=r"figures\.9 has no `plot"):
         P.build_all_figures(build_study(cfg, "ci"), runs, tmp_path / "figs3")
+
+
+# ----------------------------------------------------------------------------- the figures step and MLflow
+
+
+def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from mhsa.tracking import init_store, log_run_artifacts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri, ["figs"])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("figs").experiment_id
+    r1, r2 = (client.create_run(exp, run_name=n).info.run_id for n in ("a", "b"))
+    png = P.save_attention_overlay(np.zeros((1, 32, 16, 3), np.uint8), np.ones((1, 1, 8, 4)),
+                                   tmp_path / "attention.png")
+    items = [(r1, [png], {"feeds": "Table I / x; Table II / y"}), ("0" * 32, [png], {"feeds": "z"}),
+             (None, [png], {}), (r2, [png], {"feeds": "Table III / w"})]
+    with caplog.at_level("WARNING", logger="mhsa.tracking"):
+        assert log_run_artifacts(uri, items) == 2
+    assert [r.message.count("0" * 32) for r in caplog.records] == [1]  # the missing run, named once
+    for run_id, feeds in ((r1, "Table I / x; Table II / y"), (r2, "Table III / w")):
+        assert [a.path for a in client.list_artifacts(run_id)] == ["attention.png"]
+        assert client.get_run(run_id).data.tags["feeds"] == feeds
+
+
+def test_log_run_artifacts_tolerates_a_down_store(tmp_path, capsys):
+    from mhsa.tracking import log_run_artifacts
+
+    (tmp_path / "not-a-dir").write_text("")  # the store's directory cannot be created
+    uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"
+    png = tmp_path / "attention.png"
+    png.write_bytes(PNG)
+    assert log_run_artifacts(uri, [(f"{i:032d}", [png], {"feeds": "x"}) for i in range(3)]) == 0
+    assert capsys.readouterr().err.count("WARNING") == 1

@@ -173,6 +173,16 @@ def study_data():
     return {"config": config, "cells": cells, "rows": [asdict(r) for r in STUDY.rows]}
 
 
+def runs_dir_from_input(wildcards, input):
+    """<results>/runs, from the (storage-local) paths of the cells' metrics.json."""
+    return str(Path(input.metrics[0]).parents[1]) if input.metrics else f"{RESULTS}/runs"
+
+
+def tables_dir_from_output(wildcards, output):
+    """<results>/tables: every table file and summary.md are written there."""
+    return str(Path(output[0]).parent)
+
+
 def table_caption(table):
     specific = REPORT_DIR / f"table_{table}.rst"
     return f"../report/table_{table}.rst" if specific.exists() else "../report/table.rst"

@@ -21,8 +21,10 @@ rule tables:
         # table/figure rows. Editing a title, a row's name or test mode, or a `plot:` entry
         # reruns this rule only; what retrains a cell is in train_cell's own params.
         study=study_data(),
-        runs_dir=f"{RESULTS}/runs",
-        tables_dir=f"{RESULTS}/tables",
+        # Directories from the declared files (local copies under remote storage); derived
+        # params are no rerun trigger.
+        runs_dir=runs_dir_from_input,
+        tables_dir=tables_dir_from_output,
     threads: 2  # the overlays are drawn beside the figures (the last job: the cores are free)
     log:
         f"{RESULTS}/logs/tables.log",
