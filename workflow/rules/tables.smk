@@ -25,7 +25,7 @@ rule tables:
         # params are no rerun trigger.
         runs_dir=runs_dir_from_input,
         tables_dir=tables_dir_from_output,
-    threads: 2  # the overlays are drawn beside the figures (the last job: the cores are free)
+    threads: 2  # overlays and MLflow beside the figures (the last job: the cores are free)
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

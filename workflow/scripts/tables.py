@@ -13,9 +13,10 @@ from wf_common import add_repo_to_path, log_to
 add_repo_to_path(__file__)
 
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mhsa.plots import build_all_figures, overlay_from_npz  # noqa: E402
@@ -44,6 +45,15 @@ def mlflow_updates(study: Study, metrics_files: list, overlays: list):
         yield run_id, [overlay], {"feeds": "; ".join(cell.feeds)} if cell else {}
 
 
+def overlays_to_mlflow(study: Study, attention: list, overlays: list, metrics_files: list) -> tuple:
+    """Draw each cell's overlay, then log it to the cell's MLflow run: (overlays, runs updated, s)."""
+    t0 = time.time()
+    for npz, png in zip(attention, overlays, strict=True):
+        overlay_from_npz(npz, png)
+    n = log_run_artifacts(os.environ.get("MLFLOW_TRACKING_URI"), mlflow_updates(study, metrics_files, overlays))
+    return len(overlays), n, time.time() - t0
+
+
 with log_to(snakemake.log[0]) as log:
     study = study_from_params(snakemake.params.study)
     runs_dir, tables_dir = Path(snakemake.params.runs_dir), Path(snakemake.params.tables_dir)
@@ -51,20 +61,18 @@ with log_to(snakemake.log[0]) as log:
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    # The overlays (numpy, zlib, fsync: they release the GIL) are drawn by worker threads while
-    # this thread renders the tables and the matplotlib figures.
-    with ThreadPoolExecutor(max_workers=max(1, snakemake.threads)) as pool:
-        overlays = [pool.submit(overlay_from_npz, npz, png)
-                    for npz, png in zip(snakemake.input.attention, snakemake.output.overlays, strict=True)]
+    # The overlays and MLflow (its import, the store's start-up, a write per run: seconds) run in a
+    # second process, forked before any thread exists, while this one renders tables and figures.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        side = pool.submit(overlays_to_mlflow, study, list(snakemake.input.attention),
+                           list(snakemake.output.overlays), list(snakemake.input.metrics))
         build_all(study, runs_dir, tables_dir)
         build_all_figures(study, runs_dir, figures_dir)
-        for job in overlays:
-            job.result()
-    t1 = time.time()
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    n = log_run_artifacts(uri, mlflow_updates(study, snakemake.input.metrics, snakemake.output.overlays))
-    log.info("tables, figures and %d attention overlays in %.1f s; %d MLflow run(s) of %s updated in %.1f s",
-             len(overlays), t1 - t0, n, uri, time.time() - t1)
+        t1 = time.time()
+        n_overlays, n_runs, seconds = side.result()
+    log.info("tables and figures in %.1f s; beside them, %d attention overlays drawn and %d MLflow run(s) "
+             "of %s updated in %.1f s; %.1f s in all", t1 - t0, n_overlays, n_runs,
+             os.environ.get("MLFLOW_TRACKING_URI"), seconds, time.time() - t0)
     missing = [f for f in snakemake.output if not Path(f).exists()]
     if missing:
         raise RuntimeError(f"mhsa.tables/mhsa.plots did not write {missing}")
