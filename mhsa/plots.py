@@ -1,10 +1,17 @@
-"""Figures of the reproduction: Figs. 9/10 (K sweeps), the lambda/gamma sweeps of Tables IX-XI,
-attention overlays (trainer artifacts) and a Fig. 7 style attention grid.
+"""Figures of the reproduction, as config.yaml describes them.
 
-Ours are drawn as lines (mean over seeds, a +-1 std band when several seeds); the paper's numbers as
-markers, only where the paper gives a number (Figs. 9/10 have none in the text: their points come
-from the table rows that name the same cell and test mode, e.g. Table VII `K=k` for the MHSAM series,
-Table V / IX / X for the K=8 / K=7 points of +FDRT and +IHTL).
+Each entry of `figures:` names its `plot.kind`; a table with a `plot:` entry is drawn as well:
+
+* `k_sweep` (figures with a `sweep:`): a panel per metric x data set, each series against the swept
+  number of heads K. Ours are lines (mean over seeds, a +-1 std band when several seeds); the paper's
+  numbers are markers, only where the paper gives one (a figure point takes the number of the first
+  table row of the study that evaluates the same cell with the same test mode);
+* `param_sweep` (tables): a panel per (`plot.panels` entry, metric), the panel's knob on the x axis,
+  the rows where `reference` holds as horizontal lines, optional series per value of a `group` knob;
+* `attention_grid` (figures): the query images of each data set of the figure with the attention
+  (max over heads) of each series' cell, from `results/runs/<cell>/attention.npz`.
+
+`save_attention_overlay` draws one cell's heads (`results/runs/<cell>/attention.png`).
 
     python -m mhsa.plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
 """
@@ -12,12 +19,14 @@ Table V / IX / X for the K=8 / K=7 points of +FDRT and +IHTL).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import math
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -26,9 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from mhsa.config import ConfigError  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
-from mhsa.study import Study, build_study, cell_id, load_config, table_number, variant_knobs  # noqa: E402
+from mhsa.study import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
 from mhsa.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
@@ -39,9 +50,6 @@ from mhsa.tables import (  # noqa: E402
 )
 
 log = logging.getLogger(__name__)
-
-# The swept knobs of the hyper-parameter tables (the x axis is read from the cells' knobs).
-SWEEP_TABLES = {"IX": "lambda1", "X": "lambda2", "XI": "lambda3"}
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
@@ -62,7 +70,7 @@ def _suptitle(fig, title: str, study: Study | None) -> None:
 
 
 def _arch(cid: str) -> str:
-    """Cell id without the seed: 'market1501__mhsam-K8__s0' -> 'market1501__mhsam-K8'."""
+    """Cell id without the seed: '<set>__<arch>__s0' -> '<set>__<arch>'."""
     return cid.rsplit("__s", 1)[0]
 
 
@@ -86,7 +94,33 @@ def _long_frame(study: Study, rows: list, metrics: dict, extra) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*extra(rows[0]).keys(), "dataset", "metric", "value"] if rows else None)
 
 
-# ----------------------------------------------------------------------------- Figs. 9 / 10
+def plot_spec(study: Study, section: str, entry_id: str, kinds) -> dict | None:
+    """`<section>.<id>.plot` of the resolved config (None when absent), its `kind` checked."""
+    spec = study.config.get(section, {}).get(entry_id)
+    if spec is None:
+        known = list(study.config.get(section, {}))
+        raise KeyError(f"{section[:-1]} {entry_id!r} is not in this study ({section}: {known})")
+    plot = spec.get("plot")
+    if plot is not None and plot.get("kind") not in kinds:
+        raise ConfigError(
+            f"config.yaml: {section}.{entry_id}.plot.kind is {plot.get('kind')!r}; use one of {sorted(kinds)}"
+        )
+    return plot
+
+
+def _ax_labels(ax, title: str, xlabel: str, metric: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (%)")
+
+
+def _star(color, label: str | None = None, **kw) -> plt.Line2D:
+    """Legend handle of the paper's points."""
+    return plt.Line2D([], [], color=color, marker="*", markersize=11, markeredgecolor="black",
+                      linestyle="none", label=label, **kw)
+
+
+# ----------------------------------------------------------------------------- K sweeps (figures)
 
 
 def paper_points_for_series(study: Study, fig_id: str, paper: pd.DataFrame) -> pd.DataFrame:
@@ -108,17 +142,23 @@ def paper_points_for_series(study: Study, fig_id: str, paper: pd.DataFrame) -> p
                 if key in seen or val is None:
                     continue
                 seen.add(key)
-                out.append(
-                    {
-                        "series": fr.series,
-                        "K": fr.K,
-                        "dataset": fr.dataset,
-                        "metric": m,
-                        "value": val,
-                        "source": f"Table {tr.table} / {tr.row}",
-                    }
-                )
+                out.append({"series": fr.series, "K": fr.K, "dataset": fr.dataset, "metric": m,
+                            "value": val, "source": f"Table {tr.table} / {tr.row}"})
     return pd.DataFrame(out, columns=["series", "K", "dataset", "metric", "value", "source"])
+
+
+def _k_sweep_panel(ax, ours, pts, series, palette, band: str) -> None:
+    """One data set x metric: our series against K (line, band over seeds), the paper's stars."""
+    if len(ours):
+        sns.lineplot(data=ours, x="K", y="value", hue="series", palette=palette, hue_order=series,
+                     errorbar=band, marker="o", ax=ax, legend=False)
+    for s in series:
+        ps = pts[pts["series"] == s].sort_values("K")
+        if len(ps):
+            ax.plot(ps["K"], ps["value"], linestyle="none", marker="*", markersize=11,
+                    markeredgecolor="black", color=palette[s])
+    if not len(ours) and not len(pts):
+        ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
 
 
 def plot_k_sweep(
@@ -129,11 +169,10 @@ def plot_k_sweep(
     out_path: str | Path,
     band: str = "sd",
 ) -> Path:
-    """Figs. 9/10: a panel per metric (rows) x data set (columns); ours per series vs K, paper points."""
+    """A K-sweep figure: a panel per metric (rows) x data set (columns); ours per series vs K."""
     fig_id = str(fig_id)
-    spec = study.config.get("figures", {}).get(fig_id)
-    if spec is None:
-        raise KeyError(f"figure {fig_id!r} is not in this study (figures: {study.figure_ids()})")
+    plot_spec(study, "figures", fig_id, FIGURE_PLOTS)
+    spec = study.config["figures"][fig_id]
     paper = load_paper() if paper is None else paper
     rows = [r for r in study.rows if r.source == "figure" and r.table == fig_id]
     ours = _long_frame(study, rows, metrics, lambda r: {"series": r.series, "K": r.K})
@@ -144,226 +183,151 @@ def plot_k_sweep(
     ks = sorted({r.K for r in rows if r.K is not None})
 
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(
-        len(mets), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(mets)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(mets), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(mets)),
+                             squeeze=False)
     for i, m in enumerate(mets):
         for j, d in enumerate(datasets):
             ax = axes[i][j]
             sub = ours[(ours["dataset"] == d) & (ours["metric"] == m)] if len(ours) else ours
-            if len(sub):
-                sns.lineplot(
-                    data=sub,
-                    x="K",
-                    y="value",
-                    hue="series",
-                    palette=palette,
-                    hue_order=series,
-                    errorbar=band,
-                    marker="o",
-                    ax=ax,
-                    legend=False,
-                )
-            p = pts[(pts["dataset"] == d) & (pts["metric"] == m)]
-            for s in series:
-                ps = p[p["series"] == s].sort_values("K")
-                if len(ps):
-                    ax.plot(
-                        ps["K"],
-                        ps["value"],
-                        linestyle="none",
-                        marker="*",
-                        markersize=11,
-                        markeredgecolor="black",
-                        color=palette[s],
-                    )
-            ax.set_title(f"{DATASET_NAMES.get(d, d)} - {METRIC_NAMES.get(m, m)}", fontsize=9)
-            ax.set_xlabel("K (heads)")
-            ax.set_ylabel(f"{METRIC_NAMES.get(m, m)} (%)")
+            _k_sweep_panel(ax, sub, pts[(pts["dataset"] == d) & (pts["metric"] == m)], series, palette, band)
+            _ax_labels(ax, f"{DATASET_NAMES.get(d, d)} - {METRIC_NAMES.get(m, m)}", "K (heads)", m)
             if ks:
                 ax.set_xticks(ks)
-            if not len(sub) and not len(p):
-                ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
     handles = [plt.Line2D([], [], color=palette[s], marker="o", label=f"{s} (ours)") for s in series]
-    handles += [
-        plt.Line2D(
-            [],
-            [],
-            color=palette[s],
-            marker="*",
-            markersize=11,
-            markeredgecolor="black",
-            linestyle="none",
-            label=f"{s} (paper)",
-        )
-        for s in series
-    ]
+    handles += [_star(palette[s], f"{s} (paper)") for s in series]
     fig.legend(handles=handles, loc="lower center", ncol=max(len(handles) // 2, 1), fontsize=8)
     _suptitle(fig, f"Fig. {fig_id}: {spec.get('title', '')}", study)
     fig.tight_layout(rect=(0, 0.09 * 2 / max(len(mets), 1), 1, 1))
     return save_figure(fig, out_path)
 
 
-# ----------------------------------------------------------------------------- Tables IX - XI sweeps
+# ----------------------------------------------------------------------------- parameter sweeps (tables)
 
 
-def _sweep_panels(study: Study, table_id: str) -> list:
-    """[(panel title, x knob, group knob or None, x-rows, baseline rows)] for Tables IX/X/XI."""
+class SweepPanel(NamedTuple):
+    label: str  # x axis label
+    x: str  # the knob on the x axis
+    group: str | None  # knob whose values are separate series (None: one series)
+    scale: str  # matplotlib x scale: log | linear
+    rows: list  # row refs of the sweep
+    reference: list  # row refs drawn as horizontal lines
+
+
+def _knobs_match(knobs: dict, cond: dict) -> bool:
+    for key, want in cond.items():
+        have = knobs[key]
+        if isinstance(want, bool) or not isinstance(want, int | float):
+            if have != want:
+                return False
+        elif not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
+            return False
+    return True
+
+
+def _check_knobs(where: str, keys) -> None:
+    unknown = [k for k in keys if k not in KNOBS]
+    if unknown:
+        raise ConfigError(f"config.yaml: {where}: unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
+
+
+def sweep_panels(study: Study, table_id: str) -> list[SweepPanel]:
+    """The panels of `tables.<id>.plot`: each panel's sweep rows (`where` holds, `reference` does not)
+    and reference rows (`reference` holds; default: the x knob is 0)."""
+    plot = plot_spec(study, "tables", table_id, TABLE_PLOTS)
+    if not plot or not plot.get("panels"):
+        raise ConfigError(f"config.yaml: tables.{table_id}.plot needs a non-empty `panels` list")
     rows = [r for r in study.rows if r.source == "table" and r.table == table_id]
-    knobs = {r.row: study.cells[r.cells[0]].knobs for r in rows}
-    if table_id == "IX":
-        return [
-            (
-                "lambda1 (FDRT weight)",
-                "lambda1",
-                None,
-                [r for r in rows if knobs[r.row]["lambda1"] > 0],
-                [r for r in rows if knobs[r.row]["lambda1"] == 0],
-            )
+    knobs = {id(r): study.cells[r.cells[0]].knobs for r in rows}
+    out = []
+    for i, p in enumerate(plot["panels"]):
+        where = f"tables.{table_id}.plot.panels[{i}]"
+        if "x" not in p:
+            raise ConfigError(f"config.yaml: {where} has no `x` (the knob on the x axis)")
+        reference, cond = p.get("reference", {p["x"]: 0}), p.get("where", {})
+        _check_knobs(where, [p["x"], *reference, *cond, *([p["group"]] if p.get("group") else [])])
+        ref = [r for r in rows if _knobs_match(knobs[id(r)], reference)]
+        ref_ids = {id(r) for r in ref}
+        swept = [r for r in rows if id(r) not in ref_ids and _knobs_match(knobs[id(r)], cond)]
+        out.append(SweepPanel(p.get("label", p["x"]), p["x"], p.get("group"), p.get("scale", "linear"),
+                              swept, ref))
+    return out
+
+
+def sweep_file_name(study: Study, table_id: str) -> str:
+    """'table_<n>_<x knobs of the panels>.png'."""
+    xs = dict.fromkeys(p["x"] for p in plot_spec(study, "tables", table_id, TABLE_PLOTS)["panels"])
+    return f"table_{table_number(table_id)}_{'_'.join(xs)}.png"
+
+
+def _sweep_axis(ax, table_id: str, panel: SweepPanel, dataset: str, metric: str, ctx: dict) -> None:
+    """One panel x data set x metric: ours per group (line), the paper's sweep (dashed stars) and
+    the reference rows (horizontal lines)."""
+    info, palette, pv, metrics, ours = ctx["info"], ctx["palette"], ctx["paper"], ctx["metrics"], ctx["ours"]
+    sub = ours[(ours["metric"] == metric) & (ours["dataset"] == dataset)] if len(ours) else ours
+    if len(sub):
+        sns.lineplot(data=sub, x="x", y="value", hue="group", hue_order=list(palette), palette=palette,
+                     errorbar=ctx["band"], marker="o", ax=ax, legend=False)
+    for g, color in palette.items():
+        pts = sorted((info(r)["x"], pv.get((table_id, r.row, r.dataset, metric)))
+                     for r in panel.rows if info(r)["group"] == g and r.dataset == dataset)
+        pts = [(x, v) for x, v in pts if v is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), linestyle="--", marker="*", markersize=10, color=color, alpha=0.8)
+        for r in (r for r in panel.reference if info(r)["group"] == g and r.dataset == dataset):
+            v = pv.get((table_id, r.row, r.dataset, metric))
+            if v is not None:
+                ax.axhline(v, color=color, linestyle=":", linewidth=1)
+            vals = seed_values(metrics, r.cells, r.dataset, r.mode, metric)
+            if vals:
+                ax.axhline(float(np.mean(vals)), color=color, linestyle="-", linewidth=0.8, alpha=0.5)
+    ax.set_xscale(panel.scale)
+    _ax_labels(ax, f"{DATASET_NAMES.get(dataset, dataset)} {METRIC_NAMES.get(metric, metric)}", panel.label, metric)
+
+
+def _sweep_legend(palette: dict) -> list:
+    handles = []
+    for g, color in palette.items():
+        label = "" if g == "ours" else f"{g} "
+        handles += [
+            plt.Line2D([], [], color=color, marker="o", label=f"{label}ours"),
+            plt.Line2D([], [], color=color, marker="*", linestyle="--", label=f"{label}paper"),
+            plt.Line2D([], [], color=color, linestyle=":", label=f"{label}reference row (paper)"),
+            plt.Line2D([], [], color=color, linestyle="-", linewidth=0.8, alpha=0.5,
+                       label=f"{label}reference row (ours)"),
         ]
-    if table_id == "X":
-        return [
-            (
-                "lambda2 (IHTL weight)",
-                "lambda2",
-                "K",
-                [r for r in rows if knobs[r.row]["lambda2"] > 0],
-                [r for r in rows if knobs[r.row]["lambda2"] == 0],
-            )
-        ]
-    if table_id == "XI":
-        sweep = [r for r in rows if knobs[r.row]["lambda3"] > 0]
-        base = [r for r in rows if knobs[r.row]["lambda3"] == 0]
-        return [
-            (
-                "lambda3 (ACM weight), gamma = 1e-3",
-                "lambda3",
-                None,
-                [r for r in sweep if math.isclose(knobs[r.row]["gamma"], 1e-3)],
-                base,
-            ),
-            (
-                "gamma (ACM threshold), lambda3 = 1e-3",
-                "gamma",
-                None,
-                [r for r in sweep if math.isclose(knobs[r.row]["lambda3"], 1e-3)],
-                base,
-            ),
-        ]
-    raise KeyError(f"no parameter sweep for table {table_id!r}")
+    return handles
 
 
 def plot_param_sweep(
     study: Study, table_id: str, metrics: dict, paper: pd.DataFrame, out_path: str | Path, band: str = "sd"
 ) -> Path:
-    """One figure for Table IX, X or XI: a panel per (swept knob, metric), log x, ours vs paper."""
-    pv = _paper_lookup(paper)
-    panels = _sweep_panels(study, table_id)
-    mets = list(study.config["tables"][table_id]["metrics"])
+    """A table's `plot: {kind: param_sweep}`: a panel per (panel entry) x (data set, metric) of the
+    table, ours vs the paper's."""
+    panels = sweep_panels(study, table_id)
+    spec = study.config["tables"][table_id]
+    cols = [(d, m) for d in spec["datasets"] for m in spec["metrics"]]
+    width = 4.3 * len(cols) + 2.2  # 2.2 in for the legend on the right
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(
-        len(panels), len(mets), figsize=(4.3 * len(mets) + 2.2, 3.2 * len(panels)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(panels), len(cols), figsize=(width, 3.2 * len(panels)), squeeze=False)
     handles: list = []
-    for i, (title, xk, gk, xrows, brows) in enumerate(panels):
+    for i, panel in enumerate(panels):
 
-        def info(r, xk=xk, gk=gk):
+        def info(r, panel=panel):
             k = study.cells[r.cells[0]].knobs
-            return {"x": float(k[xk]), "group": f"K={k['K']}" if gk else "ours"}
+            return {"x": float(k[panel.x]), "group": f"{panel.group}={k[panel.group]}" if panel.group else "ours"}
 
-        ours = _long_frame(study, xrows, metrics, info)
-        groups = list(dict.fromkeys(info(r)["group"] for r in xrows + brows)) or ["ours"]
-        palette = dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))
-        for j, m in enumerate(mets):
-            ax = axes[i][j]
-            sub = ours[ours["metric"] == m] if len(ours) else ours
-            if len(sub):
-                sns.lineplot(
-                    data=sub,
-                    x="x",
-                    y="value",
-                    hue="group",
-                    hue_order=groups,
-                    palette=palette,
-                    errorbar=band,
-                    marker="o",
-                    ax=ax,
-                    legend=False,
-                )
-            for g in groups:
-                gx = sorted(
-                    (info(r)["x"], pv.get((table_id, r.row, r.dataset, m)))
-                    for r in xrows
-                    if info(r)["group"] == g
-                )
-                gx = [(x, v) for x, v in gx if v is not None]
-                if gx:
-                    ax.plot(
-                        *zip(*gx, strict=True),
-                        linestyle="--",
-                        marker="*",
-                        markersize=10,
-                        color=palette[g],
-                        alpha=0.8,
-                    )
-                for r in brows:
-                    if info(r)["group"] != g:
-                        continue
-                    v = pv.get((table_id, r.row, r.dataset, m))
-                    if v is not None:
-                        ax.axhline(v, color=palette[g], linestyle=":", linewidth=1)
-                    vals = seed_values(metrics, r.cells, r.dataset, r.mode, m)
-                    if vals:
-                        ax.axhline(
-                            float(np.mean(vals)), color=palette[g], linestyle="-", linewidth=0.8, alpha=0.5
-                        )
-            ax.set_xscale("log")
-            ax.set_xlabel(title)
-            ax.set_ylabel(f"{METRIC_NAMES.get(m, m)} (%)")
-            ax.set_title(
-                f"{DATASET_NAMES.get(xrows[0].dataset, '') if xrows else ''} {METRIC_NAMES.get(m, m)}",
-                fontsize=9,
-            )
-            if i == 0 and j == 0:
-                for g in groups:
-                    label = "" if g == "ours" else f"{g} "
-                    handles += [
-                        plt.Line2D([], [], color=palette[g], marker="o", label=f"{label}ours"),
-                        plt.Line2D(
-                            [], [], color=palette[g], marker="*", linestyle="--", label=f"{label}paper"
-                        ),
-                        plt.Line2D(
-                            [], [], color=palette[g], linestyle=":", label=f"{label}reference row (paper)"
-                        ),
-                        plt.Line2D(
-                            [],
-                            [],
-                            color=palette[g],
-                            linestyle="-",
-                            linewidth=0.8,
-                            alpha=0.5,
-                            label=f"{label}reference row (ours)",
-                        ),
-                    ]
+        groups = list(dict.fromkeys(info(r)["group"] for r in panel.rows + panel.reference)) or ["ours"]
+        ctx = {"info": info, "paper": _paper_lookup(paper), "metrics": metrics, "band": band,
+               "ours": _long_frame(study, panel.rows, metrics, info),
+               "palette": dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))}
+        for j, (d, m) in enumerate(cols):
+            _sweep_axis(axes[i][j], table_id, panel, d, m, ctx)
+        if i == 0:
+            handles = _sweep_legend(ctx["palette"])
     fig.legend(handles=handles, loc="center right", fontsize=7)
-    _suptitle(fig, f"Table {table_id}: {study.config['tables'][table_id].get('title', '')}", study)
-    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (4.3 * len(mets) + 2.2), 1))
+    _suptitle(fig, f"Table {table_id}: {spec.get('title', '')}", study)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / width, 1))
     return save_figure(fig, out_path)
-
-
-def plot_param_sweeps(study: Study, metrics: dict, paper: pd.DataFrame | None, out_dir: str | Path) -> list:
-    """Tables IX (lambda1), X (lambda2 at K=7, 8), XI (lambda3 and gamma) present in the study -> PNGs."""
-    paper = load_paper() if paper is None else paper
-    out = []
-    for tid, knob in SWEEP_TABLES.items():
-        if tid in study.table_ids():
-            name = "lambda3_gamma" if tid == "XI" else knob
-            out.append(
-                plot_param_sweep(
-                    study, tid, metrics, paper, Path(out_dir) / f"table_{table_number(tid)}_{name}.png"
-                )
-            )
-    return out
 
 
 # ----------------------------------------------------------------------------- attention maps
@@ -402,14 +366,59 @@ def upsample_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
 
 
+@functools.lru_cache(maxsize=8)
+def _colour_table(cmap: str) -> np.ndarray:
+    """(256, 3) float RGB 0..255 of a matplotlib colormap (a colormap lookup rebuilds it each time)."""
+    return matplotlib.colormaps[cmap](np.arange(256))[:, :3] * 255.0
+
+
+def blend_attention(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, cmap: str = "jet") -> np.ndarray:
+    """uint8 (H,W,3): the image and the colour-mapped map (clipped to vmin..vmax) mixed half and half,
+    as an `imshow(amap, alpha=0.5)` over the image draws it (same 256-colour binning)."""
+    norm = np.clip((np.asarray(amap, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    rgb = _colour_table(cmap)[np.minimum((norm * 256).astype(np.int64), 255)]
+    return np.clip(0.5 * image.astype(np.float32) + 0.5 * rgb, 0, 255).round().astype(np.uint8)
+
+
+def _tile_grid(tiles: list, header: list, row_labels: list | None, min_height: int = 64) -> Image.Image:
+    """Rows of equal-size uint8 tiles on white, enlarged (nearest) to >= min_height px, labelled.
+
+    Small on purpose: PNG encoding is most of the cost, and the figures step draws one per cell."""
+    h, w = tiles[0][0].shape[:2]
+    s = max(1, math.ceil(min_height / h))
+    gap, top = 2, 14
+    font = ImageFont.load_default()
+    left = 0 if not row_labels else 6 + max(int(font.getlength(str(t))) for t in row_labels)
+    canvas = Image.new("RGB", (left + len(header) * (w * s + gap), top + len(tiles) * (h * s + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(header):
+        draw.text((left + j * (w * s + gap), 1), str(label), fill="black", font=font)
+    for i, row in enumerate(tiles):
+        y = top + i * (h * s + gap)
+        if row_labels:
+            draw.text((2, y + h * s // 2 - 5), str(row_labels[i]), fill="black", font=font)
+        for j, tile in enumerate(row):
+            big = np.repeat(np.repeat(tile, s, axis=0), s, axis=1)
+            canvas.paste(Image.fromarray(big), (left + j * (w * s + gap), y))
+    return canvas
+
+
+def _save_png(image: Image.Image, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # fastest zlib level: one overlay per cell
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def save_attention_overlay(
     images, alpha, path: str | Path, titles: list | None = None, cmap: str = "jet"
 ) -> Path:
-    """A grid, one row per image: the image, each head's alpha (upsampled, overlaid), the max over heads.
+    """A grid, one row per image: the image (`img`), each head's alpha (`h<i>`, upsampled, overlaid),
+    the max over heads (`max`), and `titles` left of the rows.
 
-    images: uint8 (N,3,H,W) or (N,H,W,3); alpha: float (N,K,h,w). Heads of one image share a color
+    images: uint8 (N,3,H,W) or (N,H,W,3); alpha: float (N,K,h,w). Heads of one image share a colour
     scale (0 .. the image's max over heads) so suppressed heads look suppressed. With K=1 the max
-    column is omitted (it would repeat the head).
+    column is omitted (it would repeat the head). Composed with numpy and Pillow (milliseconds per
+    cell: the figures step draws one per trained cell).
     """
     imgs = _to_hwc(images)
     alpha = np.asarray(alpha, dtype=np.float32)
@@ -417,83 +426,61 @@ def save_attention_overlay(
         alpha = alpha[:, None]
     if alpha.ndim != 4 or alpha.shape[0] != imgs.shape[0]:
         raise ValueError(f"alpha must be (N,K,h,w) with N={imgs.shape[0]}, got {alpha.shape}")
-    n, k = alpha.shape[:2]
+    k = alpha.shape[1]
     H, W = imgs.shape[1:3]
     up = upsample_bilinear(alpha, H, W)
-    cols = 1 + k + (1 if k > 1 else 0)
-    fig, axes = plt.subplots(n, cols, figsize=(1.1 * cols, 2.3 * n), squeeze=False)
-    for i in range(n):
+    rows = []
+    for i in range(imgs.shape[0]):
         vmax = float(up[i].max()) or 1.0
         vmin = min(float(up[i].min()), 0.0)
-        panels = [(None, "image")] + [(up[i, h], f"head {h + 1}") for h in range(k)]
-        if k > 1:
-            panels.append((upsample_bilinear(alpha[i].max(axis=0), H, W), "max"))
-        for j, (amap, label) in enumerate(panels):
-            ax = axes[i][j]
-            ax.imshow(imgs[i])
-            if amap is not None:
-                ax.imshow(amap, cmap=cmap, alpha=0.5, vmin=vmin, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(label, fontsize=7)
-            if j == 0 and titles is not None and i < len(titles):
-                ax.set_ylabel(str(titles[i]), fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        maps = list(up[i]) + ([upsample_bilinear(alpha[i].max(axis=0), H, W)] if k > 1 else [])
+        rows.append([imgs[i]] + [blend_attention(imgs[i], a, vmin, vmax, cmap) for a in maps])
+    header = ["img"] + [f"h{h + 1}" for h in range(k)] + (["max"] if k > 1 else [])  # fit 32 px
+    return _save_png(_tile_grid(rows, header, titles), path)
 
 
-def attention_models(study: Study, dataset: str) -> list:
-    """[(label, cell id without seed)] of the Fig. 7 models trained on `dataset`."""
-    cfg = study.config
-    out = []
-    for label, spec in (
-        ("Baseline", {"variant": "baseline"}),
-        ("MHSAM (K=8)", {"variant": "mhsam", "K": 8}),
-        ("MHSAM+ACM (K=8)", {"variant": "mhsam_acm", "K": 8}),
-        ("MHSA-Net (K=8)", {"variant": "mhsa_net", "K": 8}),
-    ):
-        if spec["variant"] not in cfg.get("variants", {}):
-            continue
-        knobs = variant_knobs(cfg, f"Fig. 7 / {label}", spec)
-        out.append((label, _arch(cell_id(dataset, knobs, 0))))
-    return out
+def overlay_from_npz(npz_path: str | Path, png_path: str | Path) -> Path:
+    """A cell's `attention.npz` (images, alpha, pids) -> its overlay PNG (`save_attention_overlay`)."""
+    with np.load(npz_path) as z:
+        titles = [f"id {p}" for p in z["pids"]] if "pids" in z.files else None
+        return save_attention_overlay(z["images"], z["alpha"], png_path, titles=titles)
 
 
-def _find_attention(runs_dir: Path, arch: str, seeds: list) -> Path | None:
-    for s in seeds:
-        p = runs_dir / f"{arch}__s{s}" / "attention.npz"
-        if p.is_file():
-            return p
-    found = sorted(runs_dir.glob(f"{arch}__s*/attention.npz"))
-    return found[0] if found else None
+def attention_series(study: Study, fig_id: str, dataset: str) -> list:
+    """[(series label, cell ids, one per seed)] of an attention-grid figure on `dataset`."""
+    return [(r.row, list(r.cells)) for r in study.rows
+            if r.source == "figure" and r.table == str(fig_id) and r.dataset == dataset]
+
+
+def _load_attention(runs_dir: Path, cells: list):
+    """(images, alpha) of the first of `cells` (seeds) that has an attention.npz, else None."""
+    for cid in cells:
+        path = runs_dir / cid / "attention.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return z["images"], np.asarray(z["alpha"], dtype=np.float32)
+    return None
 
 
 def plot_attention_grid(
-    study: Study,
-    runs_dir: str | Path,
-    out_path: str | Path,
-    dataset: str = "occluded_duke",
-    max_images: int = 6,
+    study: Study, fig_id: str, dataset: str, runs_dir: str | Path, out_path: str | Path
 ) -> Path:
-    """Fig. 7 style: the same query images with the Baseline / MHSAM / MHSA-Net attention (max over heads)."""
-    runs_dir = Path(runs_dir)
-    seeds = [int(s) for s in study.config.get("seeds", [0])]
+    """An attention-grid figure on one data set: the same query images, a column per series' cell
+    (max over heads); series without attention.npz are skipped, none at all raises FileNotFoundError."""
+    fig_id, runs_dir = str(fig_id), Path(runs_dir)
+    plot = plot_spec(study, "figures", fig_id, FIGURE_PLOTS) or {}
     loaded = []
-    for label, arch in attention_models(study, dataset):
-        path = _find_attention(runs_dir, arch, seeds)
-        if path is None:
-            log.info("no attention.npz for %s (%s); skipping it", label, arch)
+    for label, cells in attention_series(study, fig_id, dataset):
+        found = _load_attention(runs_dir, cells)
+        if found is None:
+            log.info("no attention.npz for %s (%s); skipping it", label, cells)
             continue
-        with np.load(path) as z:
-            loaded.append((label, z["images"], np.asarray(z["alpha"], dtype=np.float32)))
+        loaded.append((label, *found))
     if not loaded:
-        raise FileNotFoundError(
-            f"no attention.npz under {runs_dir} for the Baseline / MHSAM / MHSA-Net cells "
-            f"of {dataset!r} (expected e.g. {runs_dir}/<cell>/attention.npz)"
-        )
+        raise FileNotFoundError(f"no attention.npz under {runs_dir} for the series of figure {fig_id} "
+                                f"on {dataset!r} (expected e.g. {runs_dir}/<cell>/attention.npz)")
     imgs = _to_hwc(loaded[0][1])
-    n = min([max_images, imgs.shape[0]] + [a.shape[0] for _, _, a in loaded])
+    n = min([plot.get("max_images", imgs.shape[0]), imgs.shape[0]] + [a.shape[0] for _, _, a in loaded])
     H, W = imgs.shape[1:3]
     cols = 1 + len(loaded)
     fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 2.4 * n), squeeze=False)
@@ -502,15 +489,15 @@ def plot_attention_grid(
         for j, (_, _, alpha) in enumerate(loaded, start=1):
             # max over heads at feature resolution, then upsampled: the max of upsampled maps is
             # convex between feature pixels and paints stripes that are not in the attention
-            amap = upsample_bilinear(alpha[i].max(axis=0), H, W)
             axes[i][j].imshow(imgs[i])
-            axes[i][j].imshow(amap, cmap="jet", alpha=0.5)
+            axes[i][j].imshow(upsample_bilinear(alpha[i].max(axis=0), H, W), cmap="jet", alpha=0.5)
         for j in range(cols):
             axes[i][j].set_xticks([])
             axes[i][j].set_yticks([])
             if i == 0:
                 axes[i][j].set_title("query" if j == 0 else loaded[j - 1][0], fontsize=7)
-    _suptitle(fig, f"Attention on {DATASET_NAMES.get(dataset, dataset)} (max over heads)", study)
+    title = study.config["figures"][fig_id].get("title", "")
+    _suptitle(fig, f"Fig. {fig_id}: {title}\n{DATASET_NAMES.get(dataset, dataset)} (max over heads)", study)
     fig.tight_layout()
     return save_figure(fig, out_path)
 
@@ -518,27 +505,48 @@ def plot_attention_grid(
 # ----------------------------------------------------------------------------- all figures
 
 
+def _draw_k_sweep(study, fig_id, metrics, paper, runs_dir, out_dir) -> list:
+    return [plot_k_sweep(study, fig_id, metrics, paper, Path(out_dir) / f"fig_{fig_id}.png")]
+
+
+def _draw_attention_grids(study, fig_id, metrics, paper, runs_dir, out_dir) -> list:
+    """One PNG per data set of the figure; a data set without attention maps yet is skipped."""
+    out = []
+    for ds in study.config["figures"][fig_id]["datasets"]:
+        try:
+            out.append(plot_attention_grid(study, fig_id, ds, runs_dir,
+                                           Path(out_dir) / f"fig_{fig_id}_attention_{ds}.png"))
+        except FileNotFoundError as err:
+            log.warning("figure %s on %s not drawn: %s", fig_id, ds, err)
+    return out
+
+
+def _draw_param_sweep(study, table_id, metrics, paper, runs_dir, out_dir) -> list:
+    return [plot_param_sweep(study, table_id, metrics, paper, Path(out_dir) / sweep_file_name(study, table_id))]
+
+
+# `figures.<id>.plot.kind` / `tables.<id>.plot.kind` -> drawer(study, id, metrics, paper, runs_dir, out_dir)
+FIGURE_PLOTS = {"k_sweep": _draw_k_sweep, "attention_grid": _draw_attention_grids}
+TABLE_PLOTS = {"param_sweep": _draw_param_sweep}
+
+
 def build_all_figures(
     study: Study, runs_dir: str | Path, out_dir: str | Path, paper_csv: str | Path | None = None
 ) -> list:
-    """Figs. of `study.figure_ids()`, the sweeps of Tables IX-XI, and Fig. 7 if attention maps exist."""
+    """Every figure of `study.figure_ids()` and every table of the study that has a `plot:` entry."""
     paper = load_paper(paper_csv)
     metrics = load_metrics(runs_dir)
-    out_dir = Path(out_dir)
-    sweeps = [f for f in study.figure_ids() if study.config["figures"][f].get("sweep")]  # Figs. 9/10
-    paths = [plot_k_sweep(study, fid, metrics, paper, out_dir / f"fig_{fid}.png") for fid in sweeps]
-    paths += plot_param_sweeps(study, metrics, paper, out_dir)
-    # Fig. 7 is on Occluded-Duke; fall back to the first other training set that has attention maps.
-    known = study.config.get("datasets", {})
-    trained = sorted({c.dataset for c in study.cells.values()} - {"occluded_duke"})
-    for ds in ["occluded_duke", *trained]:
-        if ds not in known:
-            continue
-        try:
-            paths.append(plot_attention_grid(study, runs_dir, out_dir / f"fig_7_attention_{ds}.png", ds))
-        except FileNotFoundError:
-            continue
-        break
+    paths: list = []
+    for section, ids, kinds in (("figures", study.figure_ids(), FIGURE_PLOTS),
+                                ("tables", study.table_ids(), TABLE_PLOTS)):
+        for entry_id in ids:
+            plot = plot_spec(study, section, entry_id, kinds)
+            if plot is None:
+                if section == "figures":
+                    raise ConfigError(f"config.yaml: figures.{entry_id} has no `plot: {{kind: ...}}`; "
+                                      f"kinds are {sorted(kinds)}")
+                continue
+            paths += kinds[plot["kind"]](study, entry_id, metrics, paper, runs_dir, out_dir)
     return paths
 
 
@@ -553,7 +561,9 @@ def main(argv: list | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     study = build_study(load_config(args.config), args.preset)
     paths = build_all_figures(study, args.runs, args.out, args.paper)
-    print(f"wrote {len(paths)} figure(s) to {args.out}")
+    overlays = [overlay_from_npz(p, p.with_suffix(".png"))
+                for p in (Path(args.runs) / c / "attention.npz" for c in study.cells) if p.is_file()]
+    print(f"wrote {len(paths)} figure(s) to {args.out} and {len(overlays)} attention overlay(s) under {args.runs}")
     return 0
 
 

@@ -160,3 +160,41 @@ class CellTracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id is not None:
             self._call("closing the run", self._client.set_terminated, self.run_id, status)
+
+
+def log_run_artifacts(uri: str | None, runs) -> int:
+    """Attach files and tags to finished runs: `runs` yields (run_id, paths, tags) (the figures step
+    logs each cell's attention overlay and the rows it feeds). One client for all runs. Runs absent
+    from the store are skipped and named in one warning; any other store failure is warned about
+    once and the rest is skipped (a down server would cost its HTTP retries per call): figures
+    never fail because tracking does. Returns the number of runs updated."""
+    uri = uri or default_uri()
+    done, missing = 0, []
+    try:
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        client = _client(uri)
+        for run_id, paths, tags in runs:
+            if not run_id:
+                continue
+            try:
+                if tags:
+                    _retry(client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+                for path in paths:
+                    _retry(client.log_artifact, run_id, str(path))
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                missing.append(run_id)
+                continue
+            done += 1
+    except Exception as err:
+        msg = (f"MLflow tracking store {uri!r} failed while logging figures: {err}. "
+               f"{done} run(s) updated; the figures are written, the remaining runs are not updated.")
+        log.error(msg)
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+    if missing:
+        log.warning("%d run(s) are not in %s (another store since training?), not updated: %s",
+                    len(missing), uri, ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return done

@@ -117,8 +117,9 @@ def test_every_table_and_figure_exists_and_every_own_cell_is_filled(ci_run):
         assert len(own) > 0 and own["ours"].notna().all(), f"Table {table} has empty own cells"
         assert own["paper"].notna().all()
         assert ((own["ours"] >= 0) & (own["ours"] <= 100)).all()
-    figures = list((results / "figures").glob("*.png"))
-    assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    # the preset's figures (none in ci) and every cell's attention overlay, drawn by the tables rule
+    figures = list((results / "figures").glob("*.png")) + [results / "runs" / c / "attention.png" for c in study.cells]
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
 
 
 def test_mlflow_has_one_finished_run_per_cell(ci_run):
@@ -137,3 +138,4 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
         assert sorted(set(steps)) == list(range(1, metrics["train"]["epochs"] + 1))
         assert r.data.tags["feeds"] and r.data.tags["git_sha"]
+        assert "attention.png" in [a.path for a in client.list_artifacts(r.info.run_id)]

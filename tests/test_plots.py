@@ -1,14 +1,18 @@
-"""mhsa.plots on a small fake study: K sweeps (Figs. 9/10), parameter sweeps, attention overlays."""
+"""mhsa.plots on a small fake study: K sweeps (Figs. 9/10), parameter sweeps, attention grid and overlays."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
+import yaml
 
 from mhsa import plots as P
+from mhsa.config import ConfigError
 from mhsa.study import build_study, load_config
 from mhsa.tables import load_paper
 
@@ -25,7 +29,7 @@ def study():
     cfg = load_config(ROOT / "config.yaml")
     cfg["seeds"] = [0, 1]
     cfg["presets"]["ci"]["tables"] = ["V", "VII", "IX", "X", "XI"]
-    cfg["presets"]["ci"]["figures"] = ["9", "10"]
+    cfg["presets"]["ci"]["figures"] = ["7", "9", "10"]
     for fid in ("9", "10"):
         cfg["figures"][fid]["sweep"]["K"] = [6, 7, 8]
     return build_study(cfg, "ci")
@@ -88,23 +92,61 @@ def test_k_sweep_figures(tmp_path, study, metrics, paper):
 
 
 def test_param_sweeps(tmp_path, study, metrics, paper):
-    paths = P.plot_param_sweeps(study, metrics, paper, tmp_path)
-    assert [p.name for p in paths] == [
-        "table_9_lambda1.png",
-        "table_10_lambda2.png",
-        "table_11_lambda3_gamma.png",
-    ]
-    assert all(is_png(p) for p in paths)
-    panels = P._sweep_panels(study, "XI")
-    xs = [sorted(study.cells[r.cells[0]].knobs[knob] for r in rows) for _, knob, _, rows, _ in panels]
+    names = [P.sweep_file_name(study, t) for t in study.table_ids() if study.config["tables"][t].get("plot")]
+    assert names == ["table_9_lambda1.png", "table_10_lambda2.png", "table_11_lambda3_gamma.png"]
+    for tid, name in zip(("IX", "X", "XI"), names, strict=True):
+        assert is_png(P.plot_param_sweep(study, tid, metrics, paper, tmp_path / name))
+    panels = P.sweep_panels(study, "XI")
+    xs = [sorted(study.cells[r.cells[0]].knobs[p.x] for r in p.rows) for p in panels]
     assert xs[0] == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     assert xs[1] == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 0.5, 1.0])
-    ((_, _, group, x_rows, base_rows),) = P._sweep_panels(study, "X")
-    assert (
-        group == "K"
-        and len(x_rows) == 10
-        and [r.row for r in base_rows] == ["K=7 Baseline+MHSAM", "K=8 Baseline+MHSAM"]
-    )
+    assert [[r.row for r in p.reference] for p in panels] == [["Baseline+MHSAM"]] * 2
+    assert [p.scale for p in panels] == ["log", "log"]
+    (x_panel,) = P.sweep_panels(study, "X")
+    assert x_panel.group == "K" and len(x_panel.rows) == 10
+    assert [r.row for r in x_panel.reference] == ["K=7 Baseline+MHSAM", "K=8 Baseline+MHSAM"]
+
+
+def test_a_sweep_plot_is_a_config_edit(tmp_path):
+    """Table VII drawn as a K sweep by adding a `plot:` entry (no code): the rows are the K's of
+    Baseline+MHSAM, the reference the row without MHSAM; a bad knob is a ConfigError naming it."""
+    cfg = load_config(ROOT / "config.yaml")
+    cfg["presets"]["ci"]["tables"] = ["VII"]
+    cfg["presets"]["ci"]["figures"] = []
+    cfg["tables"]["VII"]["plot"] = {"kind": "param_sweep",
+                                    "panels": [{"x": "K", "reference": {"mhsam": False}, "label": "heads"}]}
+    study = build_study(cfg, "ci")
+    (panel,) = P.sweep_panels(study, "VII")
+    for ds in ("market1501", "cuhk03_detected"):
+        assert [study.cells[r.cells[0]].knobs["K"] for r in panel.rows if r.dataset == ds] == list(range(1, 10))
+        assert [r.row for r in panel.reference if r.dataset == ds] == ["Baseline"]
+    assert panel.scale == "linear" and panel.label == "heads"
+    assert [p.name for p in P.build_all_figures(study, tmp_path / "runs", tmp_path)] == ["table_7_K.png"]
+    cfg["tables"]["VII"]["plot"]["panels"][0]["where"] = {"heads": 8}
+    with pytest.raises(ConfigError, match=r"tables\.VII\.plot\.panels\[0\].*'heads'"):
+        P.sweep_panels(build_study(cfg, "ci"), "VII")
+    cfg["tables"]["VII"]["plot"]["kind"] = "bar_chart"
+    with pytest.raises(ConfigError, match=r"tables\.VII\.plot\.kind is 'bar_chart'"):
+        P.build_all_figures(build_study(cfg, "ci"), tmp_path / "runs", tmp_path)
+
+
+def test_plots_does_not_know_the_paper_by_name():
+    """No table numeral, figure number, variant, data set or knob value in mhsa/plots.py: all of it
+    comes from config.yaml."""
+    text = (ROOT / "mhsa" / "plots.py").read_text()
+    cfg = load_config(ROOT / "config.yaml")
+    for name in [*cfg["variants"], *cfg["datasets"], *cfg["tables"]]:
+        assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name
+    assert not re.search(r"(Fig(ure)?s?\.?|Tables?) ?\d", text)
+    assert not re.search(r"\b(1e-3|1\.0e-3|0\.001)\b", text)
+
+
+def test_schema_lists_the_plot_kinds_of_the_code():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    tables = schema["properties"]["tables"]["additionalProperties"]["properties"]["plot"]
+    figures = schema["properties"]["figures"]["additionalProperties"]["properties"]["plot"]
+    assert sorted(tables["properties"]["kind"]["enum"]) == sorted(P.TABLE_PLOTS)
+    assert sorted(figures["properties"]["kind"]["enum"]) == sorted(P.FIGURE_PLOTS)
 
 
 @pytest.mark.parametrize("k,layout", [(1, "chw"), (8, "hwc")])
@@ -120,6 +162,39 @@ def test_attention_overlay(tmp_path, k, layout):
         P.save_attention_overlay(images, alpha[:1], tmp_path / "bad.png")
 
 
+def test_attention_overlay_pixels(tmp_path):
+    """Layout and colours, read back: 14 px header, tiles enlarged x2 (32 px -> 64) with 2 px gaps,
+    the image column is the image, a head column the image half and half with the jet colour of
+    the head's map (one colour scale per image, 0 .. max over heads), then the max column."""
+    images = np.full((1, 32, 16, 3), 100, np.uint8)
+    images[0, :16] = 200  # upper half brighter
+    alpha = np.zeros((1, 2, 8, 4), np.float32)
+    alpha[0, 1] = 2.0  # head 2 uniform at the image's max, head 1 zero
+    png = P.save_attention_overlay(images, alpha, tmp_path / "ov.png")
+    from PIL import Image
+
+    px = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert px.shape == (14 + 64 + 2, 4 * (32 + 2), 3)
+    tile = lambda j: px[14:14 + 64, j * 34:j * 34 + 32]  # noqa: E731
+    assert (tile(0)[:32] == 200).all() and (tile(0)[32:] == 100).all()
+    jet = np.asarray(matplotlib.colormaps["jet"]([0.0, 1.0])[:, :3]) * 255
+    for j, colour in ((1, jet[0]), (2, jet[1]), (3, jet[1])):  # head 1 = vmin, head 2 = max = vmax
+        expected = np.round(0.5 * 100 + 0.5 * colour)
+        assert np.abs(tile(j)[50, 10] - expected).max() <= 1, j
+    assert (px[14:14 + 64, 32:34] == 255).all()  # the gap
+
+
+def test_overlay_from_npz(tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "attention.npz", images=rng.integers(0, 256, (2, 3, 32, 16), dtype=np.uint8),
+             alpha=rng.random((2, 3, 8, 4)).astype(np.float32), pids=np.array([4, 7]))
+    direct = P.save_attention_overlay(np.load(tmp_path / "attention.npz")["images"],
+                                      np.load(tmp_path / "attention.npz")["alpha"], tmp_path / "direct.png",
+                                      titles=["id 4", "id 7"])
+    out = P.overlay_from_npz(tmp_path / "attention.npz", tmp_path / "attention.png")
+    assert out.read_bytes() == direct.read_bytes()
+
+
 def test_upsample_bilinear():
     a = np.array([[0.0, 1.0], [2.0, 3.0]], dtype=np.float32)
     up = P.upsample_bilinear(a, 4, 4)
@@ -129,45 +204,88 @@ def test_upsample_bilinear():
     assert P.upsample_bilinear(np.ones((2, 3, 2, 2)), 6, 4).shape == (2, 3, 6, 4)
 
 
+def test_attention_grid_models_of_fig_7(study):
+    """Fig. 7: MHSAB is MHSAM + FRM (FDRT and IHTL) + SAFFM, MHSAB+ACM is MHSA-Net (Sec. V)."""
+    series = P.attention_series(study, "7", "occluded_duke")
+    assert series == [
+        ("Baseline", ["occluded_duke__baseline__s0", "occluded_duke__baseline__s1"]),
+        ("MHSAB", [f"occluded_duke__mhsam-K8-fdrt0.0001-ihtl1__s{s}" for s in (0, 1)]),
+        ("MHSAB+ACM", [f"occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s{s}" for s in (0, 1)]),
+    ]
+
+
 def test_attention_grid(tmp_path, study):
     runs = tmp_path / "runs"
     with pytest.raises(FileNotFoundError):
-        P.plot_attention_grid(study, runs, tmp_path / "fig7.png")
-    archs = dict(P.attention_models(study, "occluded_duke"))
-    assert archs["Baseline"] == "occluded_duke__baseline"
+        P.plot_attention_grid(study, "7", "occluded_duke", runs, tmp_path / "fig7.png")
+    cells = dict(P.attention_series(study, "7", "occluded_duke"))
     rng = np.random.default_rng(0)
-    for label, k in (("Baseline", 1), ("MHSA-Net (K=8)", 8)):  # MHSAM-only missing: skipped
-        d = runs / f"{archs[label]}__s0"
+    for label, k in (("Baseline", 1), ("MHSAB+ACM", 8)):  # MHSAB missing: skipped
+        d = runs / cells[label][1]  # the second seed's maps are used when the first has none
         d.mkdir(parents=True)
         np.savez(
             d / "attention.npz",
             images=rng.integers(0, 256, (3, 3, 32, 16), dtype=np.uint8),
             alpha=rng.random((3, k, 8, 4)).astype(np.float32),
         )
-    assert is_png(P.plot_attention_grid(study, runs, tmp_path / "fig7.png"))
+    assert is_png(P.plot_attention_grid(study, "7", "occluded_duke", runs, tmp_path / "fig7.png"))
 
 
 def test_build_all_figures(tmp_path):
     cfg = load_config(ROOT / "config.yaml")
     cfg["presets"]["ci"]["tables"] = ["IX"]
-    cfg["presets"]["ci"]["figures"] = ["9"]
+    cfg["presets"]["ci"]["figures"] = ["9", "7"]
     cfg["figures"]["9"]["sweep"]["K"] = [8]
     small = build_study(cfg, "ci")
     runs = tmp_path / "runs"
-    # no metrics.json and no attention maps: paper points only, Fig. 7 skipped
+    # no metrics.json and no attention maps: paper points only, Fig. 7 not drawn
     paths = P.build_all_figures(small, runs, tmp_path / "figs")
     assert [p.name for p in paths] == ["fig_9.png", "table_9_lambda1.png"]
     assert all(is_png(p) for p in paths)
 
-    cfg["presets"]["ci"]["tables"] = []
-    cfg["presets"]["ci"]["figures"] = []
-    bare = build_study(cfg, "ci")
-    d = runs / f"{dict(P.attention_models(bare, 'occluded_duke'))['Baseline']}__s0"
+    d = runs / P.attention_series(small, "7", "occluded_duke")[0][1][0]
     d.mkdir(parents=True)
-    np.savez(
-        d / "attention.npz",
-        images=np.zeros((2, 32, 16, 3), np.uint8),
-        alpha=np.ones((2, 1, 8, 4), np.float32),
-    )
-    paths = P.build_all_figures(bare, runs, tmp_path / "figs2")
-    assert [p.name for p in paths] == ["fig_7_attention_occluded_duke.png"] and is_png(paths[0])
+    np.savez(d / "attention.npz", images=np.zeros((2, 32, 16, 3), np.uint8), alpha=np.ones((2, 1, 8, 4), np.float32))
+    paths = P.build_all_figures(small, runs, tmp_path / "figs2")
+    assert [p.name for p in paths] == ["fig_9.png", "fig_7_attention_occluded_duke.png", "table_9_lambda1.png"]
+    assert all(is_png(p) for p in paths)
+
+    del cfg["figures"]["9"]["plot"]
+    with pytest.raises(ConfigError, match=r"figures\.9 has no `plot"):
+        P.build_all_figures(build_study(cfg, "ci"), runs, tmp_path / "figs3")
+
+
+# ----------------------------------------------------------------------------- the figures step and MLflow
+
+
+def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from mhsa.tracking import init_store, log_run_artifacts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri, ["figs"])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("figs").experiment_id
+    r1, r2 = (client.create_run(exp, run_name=n).info.run_id for n in ("a", "b"))
+    png = P.save_attention_overlay(np.zeros((1, 32, 16, 3), np.uint8), np.ones((1, 1, 8, 4)),
+                                   tmp_path / "attention.png")
+    items = [(r1, [png], {"feeds": "Table I / x; Table II / y"}), ("0" * 32, [png], {"feeds": "z"}),
+             (None, [png], {}), (r2, [png], {"feeds": "Table III / w"})]
+    with caplog.at_level("WARNING", logger="mhsa.tracking"):
+        assert log_run_artifacts(uri, items) == 2
+    assert [r.message.count("0" * 32) for r in caplog.records] == [1]  # the missing run, named once
+    for run_id, feeds in ((r1, "Table I / x; Table II / y"), (r2, "Table III / w")):
+        assert [a.path for a in client.list_artifacts(run_id)] == ["attention.png"]
+        assert client.get_run(run_id).data.tags["feeds"] == feeds
+
+
+def test_log_run_artifacts_tolerates_a_down_store(tmp_path, capsys):
+    from mhsa.tracking import log_run_artifacts
+
+    (tmp_path / "not-a-dir").write_text("")  # the store's directory cannot be created
+    uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"
+    png = tmp_path / "attention.png"
+    png.write_bytes(PNG)
+    assert log_run_artifacts(uri, [(f"{i:032d}", [png], {"feeds": "x"}) for i in range(3)]) == 0
+    assert capsys.readouterr().err.count("WARNING") == 1

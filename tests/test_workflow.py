@@ -89,7 +89,7 @@ def fake_finished_run(wd: Path, preset: str) -> None:
             (wd / study.config["datasets"][name]["root"]).mkdir(parents=True, exist_ok=True)
     files = [results / "mlflow.ready"]
     for cid in study.cells:
-        files += [results / "runs" / cid / "metrics.json", results / "runs" / cid / "attention.npz"]
+        files += [results / "runs" / cid / name for name in ("metrics.json", "attention.npz", "attention.png")]
     files += [results / "tables" / f"table_{table_number(t)}.{ext}" for t in study.table_ids() for ext in FORMATS]
     files.append(results / "tables" / "summary.md")
     for name in study.config["datasets"] if study.config["data_source"] == "synthetic" else []:
@@ -155,8 +155,10 @@ def test_params_trigger_granularity(finished):
     wf = finished
     paper = ("--config", "preset=paper")
 
-    # A title is not a training param: tables only.
+    # A title or a figure's layout is not a training param: tables only.
     edit_config(wf, "title: FDRT weight lambda1 on CUHK03-Detected", "title: FDRT weight (lambda1), CUHK03-D")
+    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
+    edit_config(wf, "plot: {kind: attention_grid, max_images: 6}", "plot: {kind: attention_grid, max_images: 4}")
     assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
 
     # A new test mode for a cell is a param change of that cell only (re-evaluation).

@@ -3,6 +3,7 @@
 
 import json
 import os
+from dataclasses import asdict
 import re
 from hashlib import sha1
 from pathlib import Path
@@ -85,6 +86,11 @@ def all_attention():
     return [f"{run_dir(c)}/attention.npz" for c in CELLS]
 
 
+def all_overlays():
+    """Each cell's attention overlay, drawn by the tables rule (same order as all_attention())."""
+    return [f"{run_dir(c)}/attention.png" for c in CELLS]
+
+
 # ------------------------------------------------------------------------- cells and data
 def cell_datasets(cell_id):
     """Training set first, then the test sets the cell is evaluated on."""
@@ -163,13 +169,27 @@ def experiment_names():
 
 
 # ---------------------------------------------------------------------------- tables rule
-def table_rows():
-    """The table/figure rows as params of the tables rule: editing a row's mode, name or
-    title rebuilds the tables without retraining anything."""
-    return [
-        [r.source, r.table, r.row, r.dataset, r.mode, list(r.metrics), list(r.cells)]
-        for r in STUDY.rows
-    ] + [[t, CFG["tables"][t].get("title", "")] for t in TABLES]
+def study_data():
+    """STUDY as plain data for the tables rule (workflow/scripts/tables.py rebuilds the objects):
+    the resolved config without `presets`, the cells (test modes as sorted lists: a set's repr
+    changes between runs) and the rows. Snakemake compares the repr of params, so this is also
+    the rule's rerun trigger."""
+    cells = [
+        {**asdict(c), "targets": {t: sorted(m) for t, m in sorted(c.targets.items())}}
+        for c in STUDY.cells.values()
+    ]
+    config = {k: v for k, v in CFG.items() if k != "presets"}
+    return {"config": config, "cells": cells, "rows": [asdict(r) for r in STUDY.rows]}
+
+
+def runs_dir_from_input(wildcards, input):
+    """<results>/runs, from the (storage-local) paths of the cells' metrics.json."""
+    return str(Path(input.metrics[0]).parents[1]) if input.metrics else f"{RESULTS}/runs"
+
+
+def tables_dir_from_output(wildcards, output):
+    """<results>/tables: every table file and summary.md are written there."""
+    return str(Path(output[0]).parent)
 
 
 def table_caption(table):

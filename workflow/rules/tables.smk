@@ -1,4 +1,5 @@
-# The paper's tables and figures from the cells' metrics.json (+ attention.npz for the grid).
+# The paper's tables and figures from the cells' metrics.json, and each cell's attention
+# overlay (drawn from its attention.npz and logged to the cell's MLflow run with its `feeds` tag).
 
 
 rule tables:
@@ -14,8 +15,17 @@ rule tables:
             category="Figures",
             labels={"figure": "{name}"},
         ),
+        overlays=all_overlays(),
     params:
-        rows=table_rows(),
+        # The rerun trigger, and what the script reads: the resolved config, the cells and the
+        # table/figure rows. Editing a title, a row's name or test mode, or a `plot:` entry
+        # reruns this rule only; what retrains a cell is in train_cell's own params.
+        study=study_data(),
+        # Directories from the declared files (local copies under remote storage); derived
+        # params are no rerun trigger.
+        runs_dir=runs_dir_from_input,
+        tables_dir=tables_dir_from_output,
+    threads: 2  # overlays and MLflow beside the figures (the last job: the cores are free)
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

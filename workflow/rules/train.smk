@@ -17,6 +17,9 @@ rule train_cell:
     threads: WF.get("train_threads", 1)
     resources:
         gpu=1,
+        # Where mhsa.gpu_slots keeps its per-GPU lock files: a resource (like tmpdir), not a
+        # param, so that it never reruns a cell.
+        gpu_locks=f"{RESULTS}/.gpu_locks",
     log:
         f"{RESULTS}/logs/train/{{cell}}.log",
     benchmark:

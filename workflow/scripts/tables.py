@@ -1,25 +1,78 @@
-"""Snakemake adapter: the paper's tables and figures from the finished cells' metrics.json."""
+"""Snakemake adapter: the paper's tables and figures from the finished cells' metrics.json, and each
+cell's attention overlay (logged to the cell's MLflow run, with the table rows it feeds as a tag).
+
+Everything comes by name from the rule: the study that common.smk built (params.study, as plain
+data), the runs and tables directories (params), the figures directory and the overlays (output),
+each cell's metrics.json and attention.npz (input, in the order of output.overlays) and the MLflow
+store (MLFLOW_TRACKING_URI, exported by common.smk).
+"""
 
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script directive)
 from wf_common import add_repo_to_path, log_to
 
 add_repo_to_path(__file__)
 
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mhsa.plots import build_all_figures  # noqa: E402
-from mhsa.study import build_study  # noqa: E402
+from mhsa.plots import build_all_figures, overlay_from_npz  # noqa: E402
+from mhsa.study import Cell, RowRef, Study  # noqa: E402
 from mhsa.tables import build_all  # noqa: E402
+from mhsa.tracking import log_run_artifacts  # noqa: E402
+
+
+def study_from_params(data: dict) -> Study:
+    """The Study of common.smk from its plain-data form (`study_data()` there)."""
+    cells = {c["id"]: Cell(**{**c, "targets": {t: set(m) for t, m in c["targets"].items()}})
+             for c in data["cells"]}
+    return Study(data["config"], cells, [RowRef(**r) for r in data["rows"]])
+
+
+def mlflow_updates(study: Study, metrics_files: list, overlays: list):
+    """(run id, [overlay], {"feeds": rows}) per cell; the run id is the one training recorded."""
+    for metrics_file, overlay in zip(metrics_files, overlays, strict=True):
+        if Path(metrics_file).parent != Path(overlay).parent:
+            raise RuntimeError(f"input.metrics and output.overlays are not in the same cell order: "
+                               f"{metrics_file} vs {overlay}")
+        with open(metrics_file, encoding="utf-8") as fh:
+            m = json.load(fh)
+        cell = study.cells.get(m.get("cell"))
+        run_id = (m.get("train") or {}).get("mlflow_run_id")
+        yield run_id, [overlay], {"feeds": "; ".join(cell.feeds)} if cell else {}
+
+
+def overlays_to_mlflow(study: Study, attention: list, overlays: list, metrics_files: list) -> tuple:
+    """Draw each cell's overlay, then log it to the cell's MLflow run: (overlays, runs updated, s)."""
+    t0 = time.time()
+    for npz, png in zip(attention, overlays, strict=True):
+        overlay_from_npz(npz, png)
+    n = log_run_artifacts(os.environ.get("MLFLOW_TRACKING_URI"), mlflow_updates(study, metrics_files, overlays))
+    return len(overlays), n, time.time() - t0
+
 
 with log_to(snakemake.log[0]) as log:
-    study = build_study(snakemake.config, snakemake.config.get("preset"))
-    runs_dir = Path(snakemake.input.metrics[0]).parents[1]  # <results>/runs/<cell>/metrics.json
-    figures_dir = Path(snakemake.output.figures)  # <results>/figures
-    tables_dir = figures_dir.parent / "tables"
+    study = study_from_params(snakemake.params.study)
+    runs_dir, tables_dir = Path(snakemake.params.runs_dir), Path(snakemake.params.tables_dir)
+    figures_dir = Path(snakemake.output.figures)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    build_all(study, runs_dir, tables_dir)
-    build_all_figures(study, runs_dir, figures_dir)
+    t0 = time.time()
+    # The overlays and MLflow (its import, the store's start-up, a write per run: seconds) run in a
+    # second process, forked before any thread exists, while this one renders tables and figures.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        side = pool.submit(overlays_to_mlflow, study, list(snakemake.input.attention),
+                           list(snakemake.output.overlays), list(snakemake.input.metrics))
+        build_all(study, runs_dir, tables_dir)
+        build_all_figures(study, runs_dir, figures_dir)
+        t1 = time.time()
+        n_overlays, n_runs, seconds = side.result()
+    log.info("tables and figures in %.1f s; beside them, %d attention overlays drawn and %d MLflow run(s) "
+             "of %s updated in %.1f s; %.1f s in all", t1 - t0, n_overlays, n_runs,
+             os.environ.get("MLFLOW_TRACKING_URI"), seconds, time.time() - t0)
     missing = [f for f in snakemake.output if not Path(f).exists()]
     if missing:
         raise RuntimeError(f"mhsa.tables/mhsa.plots did not write {missing}")
