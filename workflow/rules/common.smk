@@ -184,7 +184,9 @@ def study_data():
 
 def runs_dir_from_input(wildcards, input):
     """<results>/runs, from the (storage-local) paths of the cells' metrics.json."""
-    return str(Path(input.metrics[0]).parents[1]) if input.metrics else f"{RESULTS}/runs"
+    return (
+        str(Path(input.metrics[0]).parents[1]) if input.metrics else f"{RESULTS}/runs"
+    )
 
 
 def tables_dir_from_output(wildcards, output):

@@ -16,6 +16,11 @@ rule tables:
             labels={"figure": "{name}"},
         ),
         overlays=all_overlays(),
+    log:
+        f"{RESULTS}/logs/tables.log",
+    conda:
+        "../../envs/mhsa.yaml"
+    threads: 2  # overlays and MLflow beside the figures (the last job: the cores are free)
     params:
         # The rerun trigger, and what the script reads: the resolved config, the cells and the
         # table/figure rows. Editing a title, a row's name or test mode, or a `plot:` entry
@@ -25,10 +30,5 @@ rule tables:
         # params are no rerun trigger.
         runs_dir=runs_dir_from_input,
         tables_dir=tables_dir_from_output,
-    threads: 2  # overlays and MLflow beside the figures (the last job: the cores are free)
-    log:
-        f"{RESULTS}/logs/tables.log",
-    conda:
-        "../../envs/mhsa.yaml"
     script:
         "../scripts/tables.py"

@@ -8,23 +8,23 @@ rule train_cell:
     output:
         metrics=f"{RESULTS}/runs/{{cell}}/metrics.json",
         attention=f"{RESULTS}/runs/{{cell}}/attention.npz",
+    log:
+        f"{RESULTS}/logs/train/{{cell}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{cell}}.tsv"
     wildcard_constraints:
         cell=CELL_PATTERN,
-    params:
-        overrides=train_overrides,
-        recipe=CFG["recipe"],
-        ckpt_dir=checkpoint_dir,
+    conda:
+        "../../envs/mhsa.yaml"
     threads: WF.get("train_threads", 1)
     resources:
         gpu=1,
         # Where mhsa.gpu_slots keeps its per-GPU lock files: a resource (like tmpdir), not a
         # param, so that it never reruns a cell.
         gpu_locks=f"{RESULTS}/.gpu_locks",
-    log:
-        f"{RESULTS}/logs/train/{{cell}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{cell}}.tsv"
-    conda:
-        "../../envs/mhsa.yaml"
+    params:
+        overrides=train_overrides,
+        recipe=CFG["recipe"],
+        ckpt_dir=checkpoint_dir,
     script:
         "../scripts/train_cell.py"
