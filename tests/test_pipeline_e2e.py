@@ -139,3 +139,13 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
         assert sorted(set(steps)) == list(range(1, metrics["train"]["epochs"] + 1))
         assert r.data.tags["feeds"] and r.data.tags["git_sha"]
         assert "attention.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+
+
+def test_ci_tables_equal_the_golden_copy(ci_run):
+    """The numbers of the ci preset do not move under a refactoring (tests/golden/README.md)."""
+    _, results, _, _ = ci_run
+    golden = Path(__file__).parent / "golden" / "ci_tables"
+    files = sorted(golden.glob("table_*.*"))
+    assert files, "no golden tables"
+    differ = [f.name for f in files if (results / "tables" / f.name).read_bytes() != f.read_bytes()]
+    assert not differ, f"ci tables differ from tests/golden/ci_tables: {differ} (see tests/golden/README.md)"
