@@ -29,6 +29,7 @@ from mhsa.switches import (
     FDRT_NORMS,
     FUSIONS,
     INITS,
+    LOSS_WEIGHTS,
     PARAM_SETS,
     RERANK_INPUTS,
     SAFFM_FORMS,
@@ -67,9 +68,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    lambda1: float = 1e-4  # FDRT (Eq. 11)
-    lambda2: float = 1.0  # IHTL (Eq. 11)
-    lambda3: float = 1e-3  # competition L_C (Eq. 13)
+    lambda1: float = LOSS_WEIGHTS["lambda1"]  # FDRT (Eq. 11)
+    lambda2: float = LOSS_WEIGHTS["lambda2"]  # IHTL (Eq. 11)
+    lambda3: float = LOSS_WEIGHTS["lambda3"]  # competition L_C (Eq. 13)
     gamma: float = DEFAULT_GAMMA  # L_C threshold (Eq. 12)
     global_ce: bool = True  # False: MHSA-Net† (no L_CE on the GFB)
     label_smoothing: float = 0.0  # authors' code: 0.1

@@ -43,6 +43,8 @@ SWITCHES: dict[str, object] = {
     **AUTHORS_SWITCHES,
 }
 
+# The paper's loss weights of Eq 11 and 13 (Sec. VII-B, the full MHSA-Net); LossConfig and Criterion default to them.
+LOSS_WEIGHTS = {"lambda1": 1e-4, "lambda2": 1.0, "lambda3": 1e-3}
 # The paper's threshold gamma of Eq 12 (Sec. VII-B); the run config and the study default to it.
 DEFAULT_GAMMA = 1e-3
 COMPETITION_FORMS = ("paper", "code")  # L_C as Eq 12, or as the authors' code

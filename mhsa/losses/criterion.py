@@ -9,6 +9,7 @@ from mhsa.losses.competition import CODE_THRESHOLD, DEFAULT_GAMMA, FORMS, REDUCT
 from mhsa.losses.fdrt import FDRT_FORMS, NORMS, fdrt, fdrt_authors
 from mhsa.losses.ihtl import ihtl
 from mhsa.losses.triplet import DISTANCES, hard_triplet
+from mhsa.switches import LOSS_WEIGHTS
 
 TERMS = (
     "ce_global",
@@ -41,9 +42,9 @@ class Criterion(nn.Module):
 
     def __init__(
         self,
-        lambda1: float = 1e-4,
-        lambda2: float = 1.0,
-        lambda3: float = 1e-3,
+        lambda1: float = LOSS_WEIGHTS["lambda1"],
+        lambda2: float = LOSS_WEIGHTS["lambda2"],
+        lambda3: float = LOSS_WEIGHTS["lambda3"],
         gamma: float = DEFAULT_GAMMA,
         global_ce: bool = True,
         label_smoothing: float = 0.0,
