@@ -59,6 +59,11 @@ class DataConfig:
     pad: int = 0
     workers: int = 4
     test_batch: int = 128
+    # Decoded-image cache (mhsa.data.cache): "auto" | true | false. "auto" caches a split when its
+    # uint8 array (N x 3 x H x W bytes) fits cache_max_gb; false is the per-image PIL loader.
+    cache: Any = "auto"
+    cache_max_gb: float = 4.0
+    cache_dir: str = "results/cache"
 
 
 @dataclass
@@ -103,6 +108,7 @@ class RunConfig:
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     checkpoint_every: int = 10
+    compile: bool = False  # torch.compile the model (Module.compile: state_dict keys unchanged)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,10 +210,20 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check("optim.milestones", list(o.milestones) == sorted(o.milestones), f"must increase, got {o.milestones}")
     _check("amp", cfg.amp in ("bf16", "fp16", "off"), f"must be bf16|fp16|off, got {cfg.amp!r}")
     _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
+    _validate_cache(d)
     for name, target in cfg.eval.targets.items():
         _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
                "each target needs a `root` (and optional `modes`)")
     return cfg
+
+
+def _validate_cache(d: DataConfig) -> None:
+    """data.cache: YAML gives a bool, --set may give the strings "true"/"false"/"auto"."""
+    if isinstance(d.cache, str) and d.cache.lower() in ("true", "false", "auto", "yes", "no", "on", "off"):
+        d.cache = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False,
+                   "auto": "auto"}[d.cache.lower()]
+    _check("data.cache", d.cache == "auto" or isinstance(d.cache, bool), f"must be auto|true|false, got {d.cache!r}")
+    _check("data.cache_max_gb", d.cache_max_gb >= 0, f"must be >= 0 (GiB), got {d.cache_max_gb}")
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:
@@ -256,9 +272,11 @@ def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
 
 # What defines the trained weights. Everything else (device, threads, workers, batch size at test
 # time, checkpoint cadence, evaluation, tracking, where the data lives) may change without
-# invalidating a checkpoint.
+# invalidating a checkpoint. The decoded-image cache and torch.compile implement the same recipe
+# (same augmentation distributions, same model), so they are runtime keys too.
 _RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "channels_last", "eval", "tracking",
-                 "data.root", "data.workers", "data.test_batch"}
+                 "data.root", "data.workers", "data.test_batch",
+                 "compile", "data.cache", "data.cache_max_gb", "data.cache_dir"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
