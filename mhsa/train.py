@@ -255,6 +255,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                         feat_dim=m.feat_dim).to(device)
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if cfg.compile:
+        model.compile()  # in place, so state_dict keys (checkpoints) stay those of the eager model
     lo = cfg.loss
     criterion = Criterion(lambda1=lo.lambda1, lambda2=lo.lambda2, lambda3=lo.lambda3, gamma=lo.gamma,
                           global_ce=lo.global_ce, label_smoothing=lo.label_smoothing, fdrt_norm=lo.fdrt_norm,

@@ -214,3 +214,18 @@ def test_unreadable_image_names_the_file(ds, tmp_path):
 def test_resize_is_bilinear_antialiased():
     t = build_transforms(H, W, train=False).transforms[0]
     assert isinstance(t, T.Resize) and t.interpolation == T.InterpolationMode.BILINEAR and t.antialias
+
+
+def test_open_split_follows_the_config(ds, tmp_path):
+    from mhsa.config import build_run_config
+    from mhsa.data.cache import open_split
+
+    def cfg(cache, max_gb=4.0):
+        return build_run_config({"data": {"height": H, "width": W, "cache": cache, "cache_max_gb": max_gb,
+                                          "cache_dir": str(tmp_path)}}).data
+
+    assert open_split(cfg(False), "market1501", ds.root, "train", ds.train) is None
+    assert open_split(cfg("auto", max_gb=1e-6), "market1501", ds.root, "train", ds.train) is None
+    cache = open_split(cfg("auto"), "market1501", ds.root, "train", ds.train)
+    assert cache is not None and cache.path.parent == tmp_path and len(cache) == len(ds.train)
+    assert open_split(cfg(True, max_gb=0), "market1501", ds.root, "train", ds.train).path == cache.path

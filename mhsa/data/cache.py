@@ -176,3 +176,13 @@ class DecodedCache:
         if device.type == "cuda":
             return rows.pin_memory().to(device, non_blocking=True)
         return rows.to(device)
+
+
+def open_split(data_cfg, dataset: str, root: str, split: str, items: Sequence[tuple]) -> DecodedCache | None:
+    """The cache of one split under the ``data`` config section (``cache``, ``cache_max_gb``,
+    ``cache_dir``, ``height``, ``width``), or None when the switch says to use the PIL loader."""
+    d = data_cfg
+    if not use_cache(d.cache, len(items), d.height, d.width, d.cache_max_gb):
+        return None
+    return DecodedCache.open_or_build(items, d.height, d.width, d.cache_dir,
+                                      {"dataset": dataset, "root": root, "split": split})
