@@ -127,6 +127,10 @@ def report(configs: dict, args) -> None:
                   f"{rates[b] / rates[a]:.2f}x")
         if same_model and "eager" in a and "compile" in b and a.split()[-2] == b.split()[-2]:
             print(f"  compile / eager  {a.split()[0]:13s} {a.split()[-2]:7s}: {rates[b] / rates[a]:.2f}x")
+        if a.startswith("baseline") and b.startswith("mhsa") and a.split()[1:] == b.split()[2:]:
+            ratio = rates[a] / rates[b]
+            print(f"  step time MHSA-Net / Baseline, {' '.join(a.split()[1:]):14s}: {ratio:.3f} "
+                  f"(target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
 
 
 def main() -> None:

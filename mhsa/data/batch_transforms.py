@@ -32,7 +32,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 B x 3 x H x W -> float32, as ``ToTensor`` then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
-    return x.to(torch.float32).div(255).sub(mean).div(std)
+    return x.to(torch.float32).div_(255).sub_(mean).div_(std)  # in place: one float buffer per batch
 
 
 def flip_batch(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
