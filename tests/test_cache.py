@@ -176,7 +176,7 @@ def test_two_processes_building_at_once_make_one_correct_cache(ds, tmp_path):
     assert builder[4] == waiter[4] == np.asarray(reference.images).tobytes()
     left = sorted(p.name for p in shared.iterdir())
     assert not [n for n in left if n.endswith(".tmp")], left
-    assert sum(n.endswith(".npy") for n in left) == 1
+    assert sum(n.endswith(".npy") for n in left) == 1 and sum(n.endswith(".json") for n in left) == 1
 
 
 def test_changed_file_list_or_size_gets_a_new_key(ds, tmp_path):
@@ -208,7 +208,7 @@ def test_unreadable_image_names_the_file(ds, tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match="bad.jpg"):
         DecodedCache.open_or_build([(str(bad), 0, 0)], H, W, tmp_path / "c", {"dataset": "x", "split": "y"})
-    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".tmp", ".npy")]
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".tmp", ".npy", ".json")]
 
 
 def test_resize_is_bilinear_antialiased():

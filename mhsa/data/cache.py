@@ -114,7 +114,7 @@ def _decode_into(items: Sequence[tuple], height: int, width: int, out: np.ndarra
             pass
 
 
-def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads: int) -> None:
+def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads: int, header: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -125,6 +125,7 @@ def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(header, indent=2, sort_keys=True))
         os.replace(tmp, path)  # the commit point: a reader never sees a half-written array
     except BaseException:
         if os.path.exists(tmp):
@@ -150,8 +151,7 @@ class DecodedCache:
         if not path.exists():
             with _exclusive(path.with_suffix(".lock")):
                 if not path.exists():  # the job holding the lock before us may have built it
-                    atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=2, sort_keys=True))
-                    _build(path, items, height, width, threads or min(8, os.cpu_count() or 1))
+                    _build(path, items, height, width, threads or min(8, os.cpu_count() or 1), key)
                     built = True
         return cls(path, cls._load(path, (len(items), 3, height, width)), built)
 
