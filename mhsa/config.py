@@ -35,6 +35,7 @@ from mhsa.switches import (
     SAFFM_FORMS,
     SWITCHES,
     WARMUPS,
+    feature_map_size,
 )
 
 __all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
@@ -98,6 +99,11 @@ class DataConfig:
     pad: int = 0
     workers: int = 4
     test_batch: int = 128
+    # Decoded-image cache (mhsa.data.cache): "auto" | true | false. "auto" caches a split when its
+    # uint8 array (N x 3 x H x W bytes) fits cache_max_gb; false is the per-image PIL loader.
+    cache: Any = "auto"
+    cache_max_gb: float = 4.0
+    cache_dir: str = "results/cache"
 
 
 @dataclass
@@ -146,6 +152,7 @@ class RunConfig:
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     checkpoint_every: int = 10
+    compile: bool = False  # torch.compile the model (Module.compile: state_dict keys unchanged)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -229,14 +236,23 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
 
 def _check_model(m: ModelConfig) -> None:
     _check("model.num_heads", m.num_heads >= 1, f"K must be >= 1, got {m.num_heads}")
-    # P (K x feat_dim) holds the K head embeddings; FDRT (Eq 3) drives their Gram matrix towards the
-    # K x K identity, which needs K linearly independent feat_dim-d vectors.
-    _check("model.num_heads", m.num_heads <= m.feat_dim,
-           f"K={m.num_heads} heads cannot be decorrelated in model.feat_dim={m.feat_dim} dimensions "
-           "(FDRT, Eq 3, needs K <= feat_dim)")
     _one_of("model.fusion", m.fusion, FUSIONS)
     _one_of("model.backbone", m.backbone, BACKBONES)
     _one_of("model.attention_layers", m.attention_layers, ATTENTION_LAYERS)
+
+
+def _check_heads(cfg: RunConfig) -> None:
+    """K <= h*w, the positions of Q(x): each head embedding P_i is an alpha-weighted sum of the h*w
+    feature vectors (Eq 2), so more heads than positions cannot attend to different places and FDRT
+    (Eq 3) cannot decorrelate them."""
+    m, d = cfg.model, cfg.data
+    if not m.mhsam:
+        return
+    h, w = feature_map_size(d.height, d.width, m.last_stride)
+    _check("model.num_heads", m.num_heads <= h * w,
+           f"K={m.num_heads} heads but the {d.height}x{d.width} input gives a {h}x{w} feature map with only "
+           f"{h * w} positions to attend to: each head embedding is a weighted sum of those positions, so "
+           f"at most {h * w} heads can differ; lower K or raise data.height/data.width")
 
 
 def _check_loss(lo: LossConfig) -> None:
@@ -292,6 +308,7 @@ def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     _check_model(cfg.model)
+    _check_heads(cfg)
     _check_loss(cfg.loss)
     _check_data(cfg.data)
     _check_optim(cfg.optim)
@@ -299,6 +316,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check("amp", cfg.amp in AMP_MODES, f"must be one of {'|'.join(AMP_MODES)}, got {cfg.amp!r}"
            + (" (quote 'off': YAML reads a bare off as false)" if cfg.amp in ("False", "None") else ""))
     _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
+    _validate_cache(cfg.data)
     for name, target in cfg.eval.targets.items():
         _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
                "each target needs a `root` (and optional `modes`)")
@@ -341,6 +359,15 @@ def _validate_authors_switches(cfg: RunConfig) -> None:
            "one classifier for p* and z needs p* of z's size; fusion: concat makes p* K*512-d")
     _check("model.attention_mlp", not (m.attention_mlp == "authors" and m.attention_layers != 2),
            f"authors fixes the MLP's depth: leave model.attention_layers at 2, got {m.attention_layers}")
+
+
+def _validate_cache(d: DataConfig) -> None:
+    """data.cache: YAML gives a bool, --set may give the strings "true"/"false"/"auto"."""
+    if isinstance(d.cache, str) and d.cache.lower() in ("true", "false", "auto", "yes", "no", "on", "off"):
+        d.cache = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False,
+                   "auto": "auto"}[d.cache.lower()]
+    _check("data.cache", d.cache == "auto" or isinstance(d.cache, bool), f"must be auto|true|false, got {d.cache!r}")
+    _check("data.cache_max_gb", d.cache_max_gb >= 0, f"must be >= 0 (GiB), got {d.cache_max_gb}")
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:
@@ -389,9 +416,11 @@ def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
 
 # What defines the trained weights. Everything else (device, threads, workers, batch size at test
 # time, checkpoint cadence, evaluation, tracking, where the data lives) may change without
-# invalidating a checkpoint.
+# invalidating a checkpoint. The decoded-image cache and torch.compile implement the same recipe
+# (same augmentation distributions, same model), so they are runtime keys too.
 _RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "channels_last", "eval", "tracking",
-                 "data.root", "data.workers", "data.test_batch"}
+                 "data.root", "data.workers", "data.test_batch",
+                 "compile", "data.cache", "data.cache_max_gb", "data.cache_dir"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -52,3 +52,14 @@ FDRT_NORMS = ("l1", "fro")  # Eq 3 as written, or the Frobenius norm of the text
 COMPETITION_REDUCTIONS = ("mean", "sum")  # L_C averaged (paper) or summed over the batch (authors' code)
 FDRT_FORMS = ("paper", "authors")  # Eq 3, or the code's Gram of un-normalised P scaled by 1/25
 RERANK_INPUTS = ("squared", "euclidean")  # what re-ranking is fed: torchreid's form, or the authors'
+
+
+def feature_map_size(height: int, width: int, last_stride: int = 1) -> tuple[int, int]:
+    """(h, w) of Q(x), the ResNet's last feature map, for an input of height x width: the stem and
+    stages 2-3 each halve with ceil (conv/pool arithmetic with padding), stage 4 by `last_stride`."""
+    def down(n: int) -> int:
+        for stride in (2, 2, 2, 2, last_stride):  # conv1, max-pool, layer2, layer3, layer4
+            n = -(-n // stride)
+        return n
+
+    return down(height), down(width)

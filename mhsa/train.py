@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader
 
 from mhsa.config import ConfigError, RunConfig, save_config, weights_config
 from mhsa.data import datasets
+from mhsa.data.batch_transforms import BatchAugment, CachedBatches, CachedEvalBatches
+from mhsa.data.cache import DecodedCache, open_split
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
@@ -131,6 +133,16 @@ def test_loader(cfg: RunConfig, items: list, device: torch.device) -> DataLoader
                       num_workers=d.workers, pin_memory=device.type == "cuda")
 
 
+def test_batches(cfg: RunConfig, name: str, ds: ReidDataset, split: str, device: torch.device):
+    """Query or gallery batches: from the decoded-image cache when `data.cache` allows, else the loader
+    (both give the same images; the cache decodes each file once for every cell that uses it)."""
+    items = getattr(ds, split)
+    cache = open_split(cfg.data, name, str(ds.root), split, items)
+    if cache is None:
+        return test_loader(cfg, items, device)
+    return CachedEvalBatches(cache, items, cfg.data.test_batch, device)
+
+
 def _save_npz(path: str, arrays: dict) -> None:
     with open(path, "wb") as fh:  # a handle: np.savez would append ".npz" to a bare temp name
         np.savez_compressed(fh, **arrays)
@@ -187,8 +199,8 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         cuda = device.type == "cuda"
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
         kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
-        q = extract_features(model, test_loader(cfg, ds.query, device), **kw)
-        g = extract_features(model, test_loader(cfg, ds.gallery, device), **kw)
+        q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
+        g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
                                        g["camids"], modes, rerank_params=rerank,
                                        rerank_input=cfg.eval.rerank_input)
@@ -240,6 +252,7 @@ class Cell:
     scaler: torch.amp.GradScaler
     memory_format: torch.memory_format
     ckpt_dir: Path
+    train_cache: DecodedCache | None = None  # None: the PIL loader path (data.cache)
     epoch: int = 0  # epochs finished
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
@@ -306,11 +319,14 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
     model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
+    if cfg.compile:
+        model.compile()  # in place, so state_dict keys (checkpoints) stay those of the eager model
     return Cell(
         cfg=cfg, device=device, train_set=train_set, targets=targets, sampler=sampler, model=model,
         criterion=Criterion.from_config(cfg.loss), optimizer=make_optimizer(cfg.optim, model),
         scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16"),
-        memory_format=fmt, ckpt_dir=ckpt_dir)
+        memory_format=fmt, ckpt_dir=ckpt_dir,
+        train_cache=open_split(cfg.data, cfg.data.dataset, cfg.data.root, "train", train_set.train))
 
 
 def resume(cell: Cell) -> None:
@@ -357,17 +373,28 @@ def train_epochs(cell: Cell, tracker: CellTracker) -> None:
     """The remaining epochs; each starts from RNGs seeded by (seed, epoch) and its scheduled lr."""
     cfg = cell.cfg
     loader = None
-    if cell.persistent_loader:
+    if cell.persistent_loader and cell.train_cache is None:
         loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, cell.epoch + 1)
     for epoch in range(cell.epoch + 1, cfg.optim.epochs + 1):
         seed_everything(cfg.seed, epoch)
         cell.sampler.set_epoch(epoch)
         lr = lr_at(cfg.optim, epoch)
         set_lr(cell.optimizer, lr)
-        if not cell.persistent_loader:
+        if cell.train_cache is not None:
+            loader = cached_train_batches(cell, epoch)
+        elif not cell.persistent_loader:
             loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, epoch)
         row = train_one_epoch(cell, loader, epoch, lr)
         end_of_epoch(cell, tracker, row)
+
+
+def cached_train_batches(cell: Cell, epoch: int) -> CachedBatches:
+    """The epoch's P x K batches from the decoded-image cache, augmented as whole batches on the training
+    device from a generator seeded by (seed, epoch): a resumed run replays the same draws."""
+    d = cell.cfg.data
+    return CachedBatches(cell.train_cache, cell.train_set.train, cell.sampler, d.p * d.k, cell.device,
+                         BatchAugment(flip=d.flip, pad=d.pad, random_erasing=d.random_erasing),
+                         seed=seed_everything(cell.cfg.seed, epoch))
 
 
 def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> dict:

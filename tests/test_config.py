@@ -76,18 +76,36 @@ def test_dotted_override_of_modes_is_checked():
         build_run_config(None, None, ["eval.targets={market1501: {root: x, modes: [foo]}}"])
 
 
-def test_num_heads_bound_states_the_reason():
-    assert build_run_config({"model": {"num_heads": 512}}).model.num_heads == 512
-    with pytest.raises(ConfigError, match=r"model\.num_heads.*K=513.*feat_dim=512.*FDRT"):
-        build_run_config({"model": {"num_heads": 513}})
-    assert build_run_config({"model": {"num_heads": 100, "feat_dim": 100}}).model.num_heads == 100
-    with pytest.raises(ConfigError, match="K=101"):
-        build_run_config({"model": {"num_heads": 101, "feat_dim": 100}})
-
-
 def test_amp_and_checkpoint_every():
     assert build_run_config({"amp": "off", "checkpoint_every": 0}).amp == "off"
     with pytest.raises(ConfigError, match="quote 'off'"):
         build_run_config({"amp": False})
     with pytest.raises(ConfigError, match="checkpoint_every"):
         build_run_config({"checkpoint_every": -1})
+
+
+@pytest.mark.parametrize("height,width,last_stride", [(64, 32, 1), (32, 16, 1), (80, 40, 1), (70, 33, 1),
+                                                      (384, 128, 1), (64, 32, 2)])
+def test_feature_map_size_is_the_backbones(height, width, last_stride):
+    import torch
+
+    from mhsa.model.backbone import Backbone
+    from mhsa.switches import feature_map_size
+
+    backbone = Backbone("resnet18", pretrained=False, last_stride=last_stride).eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, height, width))
+    assert tuple(out.shape[-2:]) == feature_map_size(height, width, last_stride)
+
+
+def test_more_heads_than_feature_map_positions_is_rejected_with_the_reason():
+    # 64x32 -> a 4x2 map: 8 positions
+    assert build_run_config({"data": {"height": 64, "width": 32}, "model": {"num_heads": 8}}).model.num_heads == 8
+    with pytest.raises(ConfigError, match=r"'model.num_heads'.*K=9.*4x2 feature map.*8 positions"):
+        build_run_config({"data": {"height": 64, "width": 32}, "model": {"num_heads": 9}})
+    # the paper's 384x128 gives 24x8 = 192 positions
+    build_run_config({"model": {"num_heads": 192}})
+    with pytest.raises(ConfigError, match="192 positions"):
+        build_run_config({"model": {"num_heads": 193}})
+    # the Baseline has no heads to place
+    build_run_config({"data": {"height": 32, "width": 16}, "model": {"mhsam": False, "num_heads": 8}})

@@ -16,9 +16,9 @@ def config():
 
 
 def test_paper_grid_cell_count(config):
-    """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 2."""
+    """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 1."""
     study = build_study(config, "paper")
-    assert len(study.cells) == 130  # + Fig. 7: MHSAM and MHSAM+ACM on Occluded-Duke
+    assert len(study.cells) == 129  # Fig. 7's MHSAB (= mhsam_ihtl_fdrt) and MHSAB+ACM (= mhsa_net) reuse cells
     assert all(r.cells and all(c in study.cells for c in r.cells) for r in study.rows)
 
 
@@ -113,10 +113,9 @@ def test_unknown_keys_in_a_preset_are_rejected(config):
 
 def test_a_cell_the_trainer_would_reject_fails_at_parse_time_naming_its_rows(config):
     cfg = copy.deepcopy(config)
-    cfg["presets"]["ci"]["recipe"]["model"]["feat_dim"] = 8
-    build_study(cfg, "ci")  # K=8 heads fit into 8-d embeddings
-    cfg["tables"]["VIII"]["rows"][3]["K"] = 9  # 9 heads cannot be decorrelated in 8-d
-    with pytest.raises(StudyError, match=r"Table VIII / MHSA-Net\* w/o RLM.*K=9 heads.*feat_dim=8"):
+    build_study(cfg, "ci")  # ci's 64x32 input: a 4x2 map, 8 positions for K=8 heads
+    cfg["tables"]["VIII"]["rows"][3]["K"] = 9  # 9 heads on 8 positions
+    with pytest.raises(StudyError, match=r"Table VIII / MHSA-Net\* w/o RLM.*K=9 heads.*8 positions"):
         build_study(cfg, "ci")
 
 

@@ -9,6 +9,15 @@ import torchvision.transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's Resize on a PIL image calls PIL's resize with the BILINEAR filter, which PIL always
+# applies with a support widened by the scale factor (antialiased when shrinking). The decoded-image
+# cache resizes with the very same op and records this name in its key.
+RESIZE_METHOD = "torchvision-Resize-PIL-bilinear-antialias"
+
+
+def resize_op(height: int, width: int) -> T.Resize:
+    """The resize of every pipeline (loader path and decoded-image cache alike)."""
+    return T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR, antialias=True)
 
 
 def build_transforms(
@@ -18,7 +27,7 @@ def build_transforms(
 
     Flip, pad/crop and random erasing are training augmentations only; evaluation is deterministic.
     """
-    ops: list = [T.Resize((height, width))]
+    ops: list = [resize_op(height, width)]
     if train and flip:
         ops.append(T.RandomHorizontalFlip(p=0.5))
     if train and pad > 0:

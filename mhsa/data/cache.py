@@ -1,0 +1,188 @@
+"""Decoded-image cache: each data set split, at one input size, decoded and resized once.
+
+The images of a split are stored as one uint8 array N x 3 x H x W in a NumPy ``.npy`` file under
+``cache_dir`` (``results/cache/`` in the workflow), memory-mapped by every cell that uses it, so the
+JPEG decode and resize are paid once per (data set, size) instead of once per image per epoch per
+cell. Row ``i`` is ``items[i]`` after exactly the loader path's resize (``transforms.resize_op``),
+so ``cache.batch(idx) / 255`` equals what ``ToTensor`` gives the loader path.
+
+The file name carries a digest of the key: data set, resolved root, split, size, resize method and a
+fingerprint of the file list (relative paths, sizes and mtimes, in order), so a changed data set gets
+a new file. Builds write a temp file and rename it (the ``.npy`` appearing is the commit point),
+under an exclusive ``fcntl`` lock on a ``.lock`` file beside it: a second job building the same key
+waits for the first and then reuses its file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mhsa.io import atomic_write_text
+
+from .loader import ImageDataset
+from .transforms import RESIZE_METHOD, resize_op
+
+CACHE_FORMAT = 1  # bump when the file layout or the decode changes: old files are then not reused
+
+
+def image_bytes(n: int, height: int, width: int) -> int:
+    """Size of the cached array of ``n`` images (what ``data.cache_max_gb`` is compared with)."""
+    return int(n) * 3 * int(height) * int(width)
+
+
+def use_cache(setting, n: int, height: int, width: int, max_gb: float) -> bool:
+    """``data.cache``: True/False as given; "auto" is on when the split's array fits ``max_gb``.
+
+    The budget is a config value, not the free memory of the moment, so the choice (and with it
+    the augmentation's random stream) is the same on every rerun.
+    """
+    if setting == "auto":
+        return n > 0 and image_bytes(n, height, width) <= max_gb * 2**30
+    return bool(setting)
+
+
+def file_fingerprint(items: Sequence[tuple], root: str | Path | None = None) -> str:
+    """sha1 over (path relative to ``root``, size, mtime_ns) of every item's file, in order."""
+    h = hashlib.sha1()
+    base = Path(root).resolve() if root is not None else None
+    for item in items:
+        path = Path(item[0])
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise FileNotFoundError(f"decoded-image cache: cannot stat image {path}: {err}") from err
+        rel = str(path)
+        if base is not None:
+            try:
+                rel = str(path.resolve().relative_to(base))
+            except ValueError:
+                rel = str(path.resolve())
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(items: Sequence[tuple], height: int, width: int, key_parts: dict) -> dict:
+    """The full key: caller's parts (data set, root, split) + size, resize method, file fingerprint."""
+    root = key_parts.get("root")
+    key = {**{k: str(v) for k, v in key_parts.items()}, "height": int(height), "width": int(width),
+           "resize": RESIZE_METHOD, "format": CACHE_FORMAT, "n": len(items),
+           "files": file_fingerprint(items, root)}
+    if root is not None:
+        key["root"] = str(Path(root).resolve())
+    return key
+
+
+def _cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    label = "-".join(str(key[k]) for k in ("dataset", "split") if k in key) or "images"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return cache_dir / f"{safe}-{key['height']}x{key['width']}-{digest}.npy"
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # blocks while another process builds this key
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _decode_into(items: Sequence[tuple], height: int, width: int, out: np.ndarray, threads: int) -> None:
+    """Fill ``out[i]`` with item ``i`` decoded and resized exactly as the loader path does."""
+    ds = ImageDataset(items, resize_op(height, width))
+
+    def fill(i: int) -> None:
+        out[i] = np.asarray(ds[i][0], dtype=np.uint8).transpose(2, 0, 1)
+
+    # PIL releases the GIL while decoding and resizing, so threads scale on the decode.
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for _ in pool.map(fill, range(len(items)), chunksize=64):
+            pass
+
+
+def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads: int, header: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, height, width))
+        _decode_into(items, height, width, arr, threads)
+        arr.flush()
+        del arr
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(header, indent=2, sort_keys=True))
+        os.replace(tmp, path)  # the commit point: a reader never sees a half-written array
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class DecodedCache:
+    """A split's decoded images: ``.images`` (read-only uint8 memmap N x 3 x H x W), ``.path``,
+    ``.built`` (True when this call decoded it, False when it reused a file)."""
+
+    def __init__(self, path: Path, images: np.ndarray, built: bool):
+        self.path, self.images, self.built = path, images, built
+
+    @classmethod
+    def open_or_build(cls, items: Sequence[tuple], height: int, width: int, cache_dir: str | Path,
+                      key_parts: dict, threads: int | None = None) -> DecodedCache:
+        """Open the cache of ``items`` ((path, pid, camid) tuples) at ``height`` x ``width``, building
+        it first if absent. ``key_parts``: at least ``dataset``, ``root`` and ``split``."""
+        key = cache_key(items, height, width, key_parts)
+        path = _cache_path(Path(cache_dir), key)
+        built = False
+        if not path.exists():
+            with _exclusive(path.with_suffix(".lock")):
+                if not path.exists():  # the job holding the lock before us may have built it
+                    _build(path, items, height, width, threads or min(8, os.cpu_count() or 1), key)
+                    built = True
+        return cls(path, cls._load(path, (len(items), 3, height, width)), built)
+
+    @staticmethod
+    def _load(path: Path, shape: tuple) -> np.ndarray:
+        try:
+            images = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise OSError(f"decoded-image cache {path} is unreadable ({err}); delete it to rebuild") from err
+        if images.dtype != np.uint8 or images.shape != shape:
+            raise OSError(f"decoded-image cache {path} holds {images.dtype} {images.shape}, expected uint8 "
+                          f"{shape}; delete it to rebuild")
+        return images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, indices, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 tensor B x 3 x H x W of the rows ``indices`` on ``device`` (pinned copy for CUDA)."""
+        rows = torch.from_numpy(np.asarray(self.images[np.asarray(indices, dtype=np.int64)]))
+        device = torch.device(device)
+        if device.type == "cuda":
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)
+
+
+def open_split(data_cfg, dataset: str, root: str, split: str, items: Sequence[tuple]) -> DecodedCache | None:
+    """The cache of one split under the ``data`` config section (``cache``, ``cache_max_gb``,
+    ``cache_dir``, ``height``, ``width``), or None when the switch says to use the PIL loader."""
+    d = data_cfg
+    if not use_cache(d.cache, len(items), d.height, d.width, d.cache_max_gb):
+        return None
+    return DecodedCache.open_or_build(items, d.height, d.width, d.cache_dir,
+                                      {"dataset": dataset, "root": root, "split": split})
