@@ -34,7 +34,7 @@ from mhsa.losses import Criterion
 from mhsa.model import build_model
 from mhsa.progress import Progress
 from mhsa.provenance import environment
-from mhsa.tracking import CellTracker
+from mhsa.tracking import CellTracker, run_key
 
 log = logging.getLogger("mhsa.train")
 
@@ -280,7 +280,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     if run_id is None and run_id_file.exists():
         run_id = run_id_file.read_text().strip() or None
     tracker = CellTracker(tracking_uri, cfg.tracking.experiment, enabled=cfg.tracking.enabled)
-    tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(device), **env,
+    tags = {"cell": cfg.name, "mhsa.run_key": run_key(cfg, ckpt_dir), "dataset": cfg.data.dataset,
+            "device": str(device), **env,
             **{k: str(v) for k, v in cfg.tracking.tags.items()}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

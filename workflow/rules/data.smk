@@ -23,12 +23,20 @@ rule synthetic_dataset:
         "../scripts/synthetic_dataset.py"
 
 
+# Seconds of work each: on a cluster they run on the submitting node, not as SLURM jobs.
+localrules:
+    mlflow_store,
+    synthetic_dataset,
+
+
 rule mlflow_store:
     output:
         MLFLOW_MARKER,
     params:
         uri=MLFLOW_URI,
         experiments=experiment_names(),
+        preset=PRESET,
+        results=RESULTS,
     log:
         f"{RESULTS}/logs/mlflow_store.log",
     conda:

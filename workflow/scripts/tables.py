@@ -5,11 +5,13 @@ from wf_common import add_repo_to_path, log_to
 
 add_repo_to_path(__file__)
 
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mhsa.plots import build_all_figures  # noqa: E402
-from mhsa.study import build_study  # noqa: E402
+from mhsa.study import build_study, cell_overrides  # noqa: E402
 from mhsa.tables import build_all  # noqa: E402
+from mhsa.tracking import log_study_outputs, study_tags  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     study = build_study(snakemake.config, snakemake.config.get("preset"))
@@ -24,3 +26,8 @@ with log_to(snakemake.log[0]) as log:
     if missing:
         raise RuntimeError(f"mhsa.tables/mhsa.plots did not write {missing}")
     log.info("tables in %s, figures in %s", tables_dir, figures_dir)
+    experiments = sorted({cell_overrides(study, c)["tracking"]["experiment"] for c in study.cells.values()})
+    parents = log_study_outputs(os.environ.get("MLFLOW_TRACKING_URI"), experiments,
+                                study_tags(study.config["preset"], tables_dir.parent),
+                                {"tables": tables_dir, "figures": figures_dir})
+    log.info("tables and figures logged to the study's MLflow parent run(s) %s", parents)

@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 from mhsa.config import build_run_config  # noqa: E402
 from mhsa.gpu_slots import gpu_slot  # noqa: E402
 from mhsa.study import build_study  # noqa: E402
+from mhsa.tracking import feed_tags, log_job_log, study_tags  # noqa: E402
 from mhsa.train import train_cell  # noqa: E402
 
 cell = snakemake.wildcards.cell
@@ -22,9 +23,11 @@ with log_to(snakemake.log[0]) as log:
     overrides = dict(snakemake.params.overrides)
     # The `feeds` tag is not a param (it would retrain a cell whenever a row reuses it).
     study = build_study(snakemake.config, snakemake.config.get("preset"))
-    feeds = "; ".join(study.cells[cell].feeds) if cell in study.cells else ""
+    feeds = study.cells[cell].feeds if cell in study.cells else []
     tracking = dict(overrides.get("tracking") or {})
-    tracking["tags"] = {**(tracking.get("tags") or {}), "feeds": feeds}
+    tracking["tags"] = {**(tracking.get("tags") or {}), "feeds": "; ".join(feeds), **feed_tags(feeds),
+                        **study_tags(study.config["preset"], results_dir),
+                        "mlflow.source.name": "workflow/rules/train.smk:train_cell"}
     overrides["tracking"] = tracking
     overrides["threads"] = snakemake.threads  # torch CPU threads = the job's Snakemake threads
 
@@ -39,6 +42,7 @@ with log_to(snakemake.log[0]) as log:
         log.info("cell %s: device slot %s, %d thread(s), checkpoints in %s",
                  cell, "cpu" if slot is None else slot, snakemake.threads, ckpt_dir)
         t0 = time.time()
-        train_cell(cfg, Path(snakemake.output.metrics).parent, ckpt_dir=ckpt_dir,
-                   tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+        metrics = train_cell(cfg, Path(snakemake.output.metrics).parent, ckpt_dir=ckpt_dir,
+                             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
         log.info("cell %s done in %.1f s", cell, time.time() - t0)
+    log_job_log(os.environ.get("MLFLOW_TRACKING_URI"), metrics["train"].get("mlflow_run_id"), snakemake.log[0])
