@@ -38,17 +38,23 @@ REPORT_DIR = Path(str(workflow.current_basedir)).parent / "report"
 # MLFLOW_TRACKING_URI is optional (a tracking server), hence no `envvars:` directive, which
 # would make it mandatory. Same default as mhsa.tracking.default_uri (no mlflow import here).
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
-if workflow.is_main_process and workflow.non_local_exec:
-    # Jobs on many nodes must not share an sqlite/file store over NFS: refuse before submitting.
-    from mhsa.tracking import SERVER_HINT, shared_store_problem
-
-    _problem = shared_store_problem(os.environ.get(MLFLOW_ENV))
-    if _problem:
-        raise WorkflowError(f"{_problem}: jobs on a cluster need an MLflow tracking server. To fix, "
-                            f"{SERVER_HINT}. No job was submitted.")
-MLFLOW_URI = os.environ.get(MLFLOW_ENV) or "sqlite:///" + str((Path(RESULTS) / "mlflow.db").resolve())
+MLFLOW_URI_GIVEN = os.environ.get(MLFLOW_ENV)
+MLFLOW_URI = MLFLOW_URI_GIVEN or "sqlite:///" + str((Path(RESULTS) / "mlflow.db").resolve())
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
+
+
+def check_cluster_tracking():
+    """onstart: jobs on many nodes must not share an sqlite/file store over NFS. The executor is
+    known only once the workflow starts (not at parse time), hence a hook; it runs before any job."""
+    if workflow.local_exec:
+        return
+    from mhsa.tracking import SERVER_HINT, shared_store_problem
+
+    problem = shared_store_problem(MLFLOW_URI_GIVEN)
+    if problem:
+        raise WorkflowError(f"{problem}: jobs on a cluster need an MLflow tracking server. To fix, "
+                            f"{SERVER_HINT}. No job was submitted.")
 
 
 def _alternatives(names):
