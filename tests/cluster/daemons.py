@@ -59,6 +59,13 @@ class Daemons:
     def __init__(self, base: Path):
         self.base = base
         self.procs: list[tuple[str, subprocess.Popen, bool]] = []
+        self.restore: list[tuple[Path, bytes | None]] = []  # system files to put back
+
+    def place(self, path: Path, text: str) -> None:
+        """Write a system file (remembering what was there, restored by stop())."""
+        self.restore.append((path, path.read_bytes() if path.exists() else None))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
     def start(self, name: str, argv: list[str], user: str | None = None, group: bool = False,
               env: dict | None = None) -> subprocess.Popen:
@@ -77,12 +84,22 @@ class Daemons:
                 continue
             self._signal(proc, group, signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self._signal(proc, group, signal.SIGKILL)
-                proc.wait(timeout=10)
                 killed.append(name)
+            if group:  # the server's workers may outlive their parent
+                time.sleep(1)
+                self._signal(proc, group, signal.SIGKILL)
+            elif proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
         self.procs.clear()
+        for path, old in reversed(self.restore):
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(old)
+        self.restore.clear()
         return killed
 
     @staticmethod
@@ -157,6 +174,10 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 def start_slurm(d: Daemons, host: str) -> dict:
     conf = slurm_conf(d.base, host)
+    # Job steps (`srun` inside a batch job, as the jobstep executor runs) read the default
+    # location whatever SLURM_CONF the submitter had: install both files there, restored at stop.
+    for name in ("slurm.conf", "gres.conf"):
+        d.place(Path("/etc/slurm") / name, (conf.parent / name).read_text())
     env = {**os.environ, "SLURM_CONF": str(conf)}
     d.start("slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)], env=env)
     wait_for("slurmctld", lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True,
