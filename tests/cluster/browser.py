@@ -20,7 +20,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 IMAGES_JS = r"""
 (async () => {
   const html = document.documentElement.outerHTML;
-  const uris = [...new Set(html.match(/data:image\/(?:png|svg\+xml|jpeg);base64,[A-Za-z0-9+\/=]+/g) || [])];
+  const re = /data:image\/(?:png|jpeg|svg\+xml)(?:;[^;,"'\s]*)*;base64,[A-Za-z0-9+\/=]+/g;
+  const uris = [...new Set(html.match(re) || [])];
   const sizes = await Promise.all(uris.map(u => new Promise(ok => {
     const img = new Image();
     img.onload = () => ok(img.naturalWidth * img.naturalHeight);
@@ -28,6 +29,7 @@ IMAGES_JS = r"""
     img.src = u;
   })));
   return JSON.stringify({count: uris.length, failed: sizes.filter(s => !s).length,
+                         png: uris.filter(u => u.startsWith("data:image/png")).length,
                          title: document.title, text: document.body ? document.body.innerText.length : 0});
 })()
 """
