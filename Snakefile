@@ -28,6 +28,7 @@ report: "workflow/report/workflow.rst"
 
 
 onstart:
+    check_cluster_tracking()
     check_real_data()
 
 

@@ -1,20 +1,39 @@
 """MLflow tracking of one cell: one run per cell, resumable, tolerant of a missing store.
 
-The store is `MLFLOW_TRACKING_URI` when set (a server, PostgreSQL, ...), else an sqlite
+The store is `MLFLOW_TRACKING_URI` when set (a tracking server, PostgreSQL, ...), else an sqlite
 database at an absolute path under results/ (never the deprecated ./mlruns file store).
-Several jobs write the sqlite store at once: the database and experiments are created
-before parallel jobs start (`init_store`), and every call retries on a locked database.
-If the store is unreachable the cell still trains and writes metrics.json, and says so loudly.
+
+Conventions (docs/workflow.md, "MLflow"):
+- every run carries MLflow's standard tags (`mlflow.source.git.commit`, `mlflow.source.name`,
+  `mlflow.user`), `cell=<cell id>` (how `sync-mlflow` and a resumed cell find it), `mhsa.run_key`
+  (cell + weights digest + checkpoint dir) and `slurm_job_id` when it runs under SLURM;
+- a study (preset + results dir) is one parent run; each cell is a child (`mlflow.parentRunId`)
+  with one tag per table/figure it feeds (`table.V = "1"`, `figure.9 = "1"`);
+- a new sqlite store is created under a file lock beside the database, so concurrent first use
+  runs MLflow's schema migration once; every later call retries while sqlite is busy.
+
+Policy for a store that cannot be reached: it is checked once, with a timeout of seconds; the cell
+then trains without tracking, says so once, and `python -m mhsa sync-mlflow RESULTS_DIR` replays
+finished cells into the store later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
 import logging
 import os
 import random
+import socket
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mhsa.config import flatten
@@ -22,13 +41,47 @@ from mhsa.config import flatten
 log = logging.getLogger("mhsa.tracking")
 
 _RETRIES = 12
+CHECK_TIMEOUT_S = 5.0
+SYNC_HINT = "python -m mhsa sync-mlflow RESULTS_DIR"
+SERVER_HINT = (
+    "start a tracking server on a machine the compute nodes reach, e.g.\n"
+    "  mlflow server --backend-store-uri postgresql://USER:PASSWORD@DBHOST:5432/mlflow \\\n"
+    "      --artifacts-destination /shared/mlflow-artifacts --host 0.0.0.0 --port 5000\n"
+    "and export MLFLOW_TRACKING_URI=http://<that host>:5000 before running snakemake "
+    "(docs/workflow.md, 'Running on a SLURM cluster')"
+)
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_OPEN_STATUSES = ("RUNNING", "SCHEDULED", "KILLED", "FAILED")
 
 
+# ------------------------------------------------------------------------------- the store
 def default_uri(results_dir: str | Path = "results") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     return "sqlite:///" + str((Path(results_dir) / "mlflow.db").resolve())
+
+
+def uri_scheme(uri: str) -> str:
+    """'sqlite', 'postgresql', 'http', ... ('postgresql+psycopg2' -> 'postgresql'); '' for a path."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
+    return "" if len(scheme) <= 1 else scheme  # "C:\\..." is a path, not a scheme
+
+
+def shared_store_problem(uri: str | None) -> str | None:
+    """Why `uri` cannot serve jobs on many machines (None when it can): sqlite and file stores
+    on a shared file system are not safe for concurrent writers on several nodes."""
+    if not uri:
+        return "MLFLOW_TRACKING_URI is not set (the default is an sqlite file under results/)"
+    if uri_scheme(uri) in ("", "file", "sqlite"):
+        return f"MLFLOW_TRACKING_URI={uri!r} is a local file/sqlite store"
+    return None
+
+
+def is_busy(err: BaseException) -> bool:
+    """sqlite's "database is locked"/"busy", however mlflow and SQLAlchemy wrap it."""
+    text = str(err).lower()
+    return "locked" in text or "busy" in text
 
 
 def _retry(fn: Callable, *args, **kwargs):
@@ -37,34 +90,86 @@ def _retry(fn: Callable, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # mlflow wraps sqlite errors in several exception types
-            transient = "locked" in str(err).lower() or "busy" in str(err).lower()
-            if not transient or attempt == _RETRIES - 1:
+            if not is_busy(err) or attempt == _RETRIES - 1:
                 raise
             time.sleep(min(0.1 * 2**attempt, 5.0) * (0.5 + random.random()))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold `<db>.lock` (sqlite stores): MLflow's schema migration of a new database is not safe
+    against a second process doing the same, so the first opener creates it while others wait."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+    """One quick reachability check (seconds, no retries); the reason when the store is down."""
+    scheme = uri_scheme(uri)
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        if scheme in ("http", "https"):
+            try:
+                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+            except urllib.error.HTTPError:
+                pass  # the server answered: it is up (a store without /health)
+        elif scheme in _DB_PORTS:
+            socket.create_connection((parts.hostname or "localhost", parts.port or _DB_PORTS[scheme]),
+                                     timeout=timeout).close()
+        elif scheme == "sqlite":
+            db = _sqlite_path(uri)
+            if db is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)
+                if not os.access(db.parent, os.W_OK):
+                    return f"{db.parent} is not writable"
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+    return None
 
 
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri_scheme(uri) in ("http", "https"):
+        # A server that dies mid-run costs seconds per call, not mlflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     return MlflowClient(tracking_uri=uri)
 
 
-def _artifact_root(uri: str, name: str) -> str | None:
-    """Artifacts of an sqlite store go beside the database, not into ./mlruns of whatever cwd."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
+def artifact_root(uri: str, experiment: str, results_dir: str | Path = "results") -> str | None:
+    """Where a new experiment's artifacts go. sqlite: beside the database; PostgreSQL/MySQL used
+    directly: <results_dir>/mlartifacts (absolute); a server (http) decides itself (its
+    --artifacts-destination). Never None for a database: MLflow would fall back to ./mlruns of
+    whatever directory the job happens to run in."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+    if uri_scheme(uri) in _DB_PORTS:
+        return (Path(results_dir) / "mlartifacts" / experiment).resolve().as_uri()
     return None
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client, name: str, results_dir: str | Path = "results") -> str:
     exp = _retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     try:
         return _retry(client.create_experiment, name,
-                      artifact_location=_artifact_root(client.tracking_uri, name))
+                      artifact_location=artifact_root(client.tracking_uri, name, results_dir))
     except Exception:  # another job created it between our two calls
         exp = _retry(client.get_experiment_by_name, name)
         if exp is None:
@@ -72,15 +177,120 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
 
 
-def init_store(uri: str, experiment_names: list[str]) -> None:
-    """Create the database (runs its migrations once) and the experiments, before parallel jobs."""
-    client = _client(uri)
-    for name in experiment_names:
-        _experiment_id(client, name)
+def open_store(uri: str, experiment: str, results_dir: str | Path = "results"):
+    """(client, experiment id), creating the database and experiment under the store lock."""
+    with store_lock(uri):
+        client = _client(uri)
+        return client, _experiment_id(client, experiment, results_dir)
 
 
+# -------------------------------------------------------------------------------- tags
+def study_tags(preset: str, results_dir: str | Path) -> dict:
+    """Tags naming one study (a preset's cells under one results dir): its parent run's key."""
+    where = str(Path(results_dir).resolve())
+    key = hashlib.sha1(f"{preset}\n{where}".encode()).hexdigest()[:12]
+    return {"mhsa.study": key, "mhsa.preset": str(preset), "mhsa.results_dir": where}
+
+
+def feed_tags(feeds: list[str]) -> dict:
+    """"Table V / row" -> {"table.V": "1"}, "Fig. 9 / row" -> {"figure.9": "1"} (search_runs-able)."""
+    tags = {}
+    for label in feeds:
+        head = label.split(" / ", 1)[0].strip()
+        kind, _, ident = head.partition(" ")
+        if ident:
+            tags[f"{'table' if kind == 'Table' else 'figure'}.{ident.strip()}"] = "1"
+    return tags
+
+
+def run_key(cfg, ckpt_dir: str | Path) -> str:
+    """Cell + weights digest + checkpoint dir: the identity a resumed cell finds its run by."""
+    from mhsa.config import weights_digest
+
+    text = f"{cfg.name}\n{weights_digest(cfg)}\n{Path(ckpt_dir).resolve()}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def standard_tags(tags: dict) -> dict:
+    """MLflow's standard tags and the scheduler's job id (SLURM_JOB_ID, CUDA_VISIBLE_DEVICES)."""
+    argv0 = Path(sys.argv[0] if sys.argv and sys.argv[0] else "python")
+    out = {
+        "mlflow.user": _user(),
+        "mlflow.source.type": "JOB" if os.environ.get("SLURM_JOB_ID") else "LOCAL",
+        "mlflow.source.name": "python -m mhsa" if argv0.name == "__main__.py" else argv0.name,
+    }
+    sha = str(tags.get("git_sha", "")).removesuffix("-dirty")
+    if sha and sha != "unknown":
+        out["mlflow.source.git.commit"] = sha
+    for var, tag in (("SLURM_JOB_ID", "slurm_job_id"), ("CUDA_VISIBLE_DEVICES", "cuda_visible_devices")):
+        if os.environ.get(var) is not None:
+            out[tag] = os.environ[var]
+    return out
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+# --------------------------------------------------------------------- runs by their tags
+def find_runs(client, exp_id: str, tags: dict, statuses: tuple | None = None) -> list:
+    """Active runs of the experiment carrying all `tags`, newest first."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = _retry(client.search_runs, [exp_id], filter_string=where, max_results=1000,
+                  order_by=["attributes.start_time DESC"])
+    return [r for r in runs if statuses is None or r.info.status in statuses]
+
+
+def study_parent(client, exp_id: str, study: dict, create: bool = False) -> str | None:
+    """The study's parent run id (created when asked and absent)."""
+    runs = find_runs(client, exp_id, {"mhsa.study": study["mhsa.study"], "mhsa.role": "study"})
+    if runs:
+        return runs[-1].info.run_id  # the first one created, should two ever exist
+    if not create:
+        return None
+    tags = {**study, "mhsa.role": "study", **standard_tags({})}
+    run = _retry(client.create_run, exp_id, run_name=f"study {study.get('mhsa.preset', '')}".strip(),
+                 tags=tags)
+    return run.info.run_id
+
+
+def init_store(uri: str, experiment_names: list[str], study: dict | None = None,
+               results_dir: str | Path = "results") -> dict:
+    """Create the database (its migrations once), the experiments and each one's study parent
+    run before parallel jobs start. Returns {experiment: parent run id or None}."""
+    parents = {}
+    with store_lock(uri):
+        client = _client(uri)
+        for name in experiment_names:
+            exp_id = _experiment_id(client, name, results_dir)
+            parents[name] = study_parent(client, exp_id, study, create=True) if study else None
+    return parents
+
+
+def dataset_inputs(params: dict) -> list:
+    """The cell's training set and test sets as MLflow dataset inputs (name, root, digest)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    data, targets = params.get("data") or {}, (params.get("eval") or {}).get("targets") or {}
+    sets = [(data.get("dataset"), data.get("root"), "training")]
+    sets += [(n, t.get("root"), "evaluation") for n, t in sorted(targets.items()) if n != data.get("dataset")]
+    out = []
+    for name, root, context in sets:
+        if not name or not root:
+            continue
+        where = str(Path(root).resolve())
+        digest = hashlib.sha1(f"{name}\n{where}".encode()).hexdigest()[:16]
+        out.append(DatasetInput(Dataset(name, digest, "local", json.dumps({"uri": where})),
+                                tags=[InputTag("mlflow.data.context", context)]))
+    return out
+
+
+# ----------------------------------------------------------------------------- one cell
 class CellTracker:
-    """One MLflow run per cell. All calls are no-ops after the store failed once (warned loudly)."""
+    """One MLflow run per cell. All calls are no-ops after the store failed once (said once)."""
 
     def __init__(self, uri: str | None, experiment: str, enabled: bool = True):
         self.uri = uri or default_uri()
@@ -89,9 +299,10 @@ class CellTracker:
         self.run_id: str | None = None
         self._client = None
 
-    def _fail(self, what: str, err: Exception) -> None:
-        msg = (f"MLflow tracking store {self.uri!r} failed while {what}: {err}. "
-               "The cell keeps training and still writes metrics.json; tracking is off for this run.")
+    def _fail(self, what: str, err: Exception | str) -> None:
+        msg = (f"MLflow tracking store {self.uri!r} failed while {what}: {err}. The cell keeps "
+               f"training and still writes metrics.json; tracking is off for this run (replay it "
+               f"later with `{SYNC_HINT}`).")
         log.error(msg)
         print(f"WARNING: {msg}", file=sys.stderr, flush=True)
         self.enabled = False
@@ -106,35 +317,69 @@ class CellTracker:
             return None
 
     def start(self, run_name: str, params: dict, tags: dict, resume_run_id: str | None = None) -> str | None:
-        """Open the cell's run, or reopen `resume_run_id` so a resumed cell continues the same run."""
+        """Open the cell's run: reopen `resume_run_id`, else adopt an unfinished run with the same
+        `cell` and `mhsa.run_key` tags (a kill between creating the run and recording its id),
+        else create one. Tags are (re)set each time (a resumed job has a new SLURM job id)."""
         if not self.enabled:
             return None
+        problem = check_store(self.uri)
+        if problem:
+            self._fail("connecting", f"not reachable ({problem})")
+            return None
         try:
-            self._client = _client(self.uri)
-            if resume_run_id and self._run_exists(resume_run_id):
-                _retry(self._client.update_run, resume_run_id, status="RUNNING")
-                self.run_id = resume_run_id
-                return self.run_id
-            exp_id = _experiment_id(self._client, self.experiment)
-            run = _retry(self._client.create_run, exp_id, run_name=run_name,
-                         tags={k: str(v)[:5000] for k, v in tags.items()})
-            self.run_id = run.info.run_id
+            self._client, exp_id = open_store(self.uri, self.experiment)
+            tags = self._all_tags(exp_id, {k: str(v)[:5000] for k, v in tags.items()})
+            self.run_id, fresh = self._reopen(exp_id, run_name, tags, resume_run_id)
         except Exception as err:
             self._fail("starting the run", err)
             return None
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
-        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            self._call("logging params", self._client.log_batch, self.run_id, params=items[i:i + 100])
+        if fresh:
+            # Tracking settings are tags, not hyperparameters (and may change between resumes).
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())
+                     if not k.startswith("tracking.")]
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+                self._call("logging params", self._client.log_batch, self.run_id, params=items[i:i + 100])
+        inputs = dataset_inputs(params)
+        if inputs:
+            self._call("logging inputs", self._client.log_inputs, self.run_id, datasets=inputs)
         return self.run_id
+
+    def _all_tags(self, exp_id: str, tags: dict) -> dict:
+        tags = {**standard_tags(tags), **tags}
+        if "mhsa.study" in tags and "mlflow.parentRunId" not in tags:
+            parent = study_parent(self._client, exp_id, {"mhsa.study": tags["mhsa.study"]})
+            if parent:
+                tags["mlflow.parentRunId"] = parent
+        return tags
+
+    def _reopen(self, exp_id: str, run_name: str, tags: dict, resume_run_id: str | None):
+        """(run id, whether params still need logging)."""
+        from mlflow.entities import RunTag
+
+        run_id, fresh = None, False
+        if resume_run_id and self._run_exists(resume_run_id):
+            run_id = resume_run_id
+        elif "cell" in tags and "mhsa.run_key" in tags:
+            found = find_runs(self._client, exp_id, {"cell": tags["cell"], "mhsa.run_key": tags["mhsa.run_key"]},
+                              statuses=_OPEN_STATUSES)
+            if found:
+                run_id, fresh = found[0].info.run_id, True  # params may be missing: log them (same values)
+                log.warning("continuing MLflow run %s of cell %s (its id was not recorded)", run_id, tags["cell"])
+        if run_id is None:
+            run = _retry(self._client.create_run, exp_id, run_name=run_name, tags=tags)
+            return run.info.run_id, True
+        _retry(self._client.update_run, run_id, status="RUNNING")
+        _retry(self._client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return run_id, fresh
 
     def _run_exists(self, run_id: str) -> bool:
         """False when the store has no such run (e.g. MLFLOW_TRACKING_URI changed since the crash)."""
         try:
             run = _retry(self._client.get_run, run_id)
         except Exception as err:
-            if "locked" in str(err).lower() or "busy" in str(err).lower():
+            if is_busy(err):
                 raise
             log.warning("MLflow run %s is not in %s: starting a new run", run_id, self.uri)
             return False
@@ -153,9 +398,10 @@ class CellTracker:
         items = [Metric(k.replace("@", "_at_"), float(v), now, step) for k, v in metrics.items() if v == v]
         self._call("logging metrics", self._client.log_batch, self.run_id, metrics=items)
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled and self.run_id is not None and Path(path).exists():
-            self._call(f"logging artifact {path}", self._client.log_artifact, self.run_id, str(path))
+            self._call(f"logging artifact {path}", self._client.log_artifact, self.run_id, str(path),
+                       artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id is not None:
@@ -198,3 +444,39 @@ def log_run_artifacts(uri: str | None, runs) -> int:
         log.warning("%d run(s) are not in %s (another store since training?), not updated: %s",
                     len(missing), uri, ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     return done
+
+
+def log_job_log(uri: str | None, run_id: str | None, path: str | Path) -> None:
+    """Attach a job's log file (the Snakemake log) to the cell's run, under logs/."""
+    uri = uri or default_uri()
+    if not run_id or not Path(path).exists() or check_store(uri):
+        return
+    try:
+        _retry(_client(uri).log_artifact, run_id, str(path), "logs")
+    except Exception as err:  # the cell is finished: a log upload must not fail it
+        log.warning("job log %s not logged to MLflow run %s: %s", path, run_id, err)
+
+
+def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs: dict) -> list[str]:
+    """Log the tables and figures (dirs: {artifact path: local dir}) to each study parent run and
+    mark it FINISHED. Returns the parent run ids; a store that is down is reported, not raised."""
+    uri = uri or default_uri(study.get("mhsa.results_dir", "results"))
+    problem = check_store(uri)
+    if problem:
+        log.warning("tables/figures not logged to MLflow %s (%s); rerun `snakemake --forcerun tables` "
+                    "or `%s` once it is up", uri, problem, SYNC_HINT)
+        return []
+    parents = []
+    try:
+        client, _ = open_store(uri, experiments[0], study.get("mhsa.results_dir", "results"))
+        for name in experiments:
+            exp_id = _experiment_id(client, name, study.get("mhsa.results_dir", "results"))
+            parent = study_parent(client, exp_id, study, create=True)
+            for artifact_path, local in dirs.items():
+                if Path(local).is_dir() and any(Path(local).iterdir()):
+                    _retry(client.log_artifacts, parent, str(local), artifact_path)
+            _retry(client.set_terminated, parent, "FINISHED")
+            parents.append(parent)
+    except Exception as err:  # the tables are built: MLflow mirrors them, it must not fail them
+        log.warning("tables/figures not logged to MLflow %s: %s", uri, err)
+    return parents

@@ -47,7 +47,7 @@ from mhsa.model.build import build_model_from_config
 from mhsa.optim import lr_at, make_optimizer, set_lr
 from mhsa.progress import Progress
 from mhsa.provenance import environment
-from mhsa.tracking import CellTracker
+from mhsa.tracking import CellTracker, run_key
 
 log = logging.getLogger("mhsa.train")
 
@@ -362,7 +362,8 @@ def open_tracker(cell: Cell, tracking_uri: str | None) -> CellTracker:
 
 def start_run(cell: Cell, tracker: CellTracker, env: dict) -> None:
     cfg = cell.cfg
-    tags = {"cell": cfg.name, "dataset": cfg.data.dataset, "device": str(cell.device), **env,
+    tags = {"cell": cfg.name, "mhsa.run_key": run_key(cfg, cell.ckpt_dir), "dataset": cfg.data.dataset,
+            "device": str(cell.device), **env,
             **{k: str(v) for k, v in cfg.tracking.tags.items()}}
     cell.run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=cell.run_id)
     if cell.run_id:

@@ -129,9 +129,13 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
     study = build_study(load_config(wd / "config.yaml"), "ci")
     client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mhsa-ci")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    every = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in every if r.data.tags.get("mhsa.role") == "study"]  # the study's parent run
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = [r for r in every if r not in parents]
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(study.cells), "one MLflow run per cell, no strays"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         metrics = json.loads((results / "runs" / r.info.run_name / "metrics.json").read_text())

@@ -51,9 +51,23 @@ REPORT_DIR = Path(str(workflow.current_basedir)).parent / "report"
 # (`snakemake --lint` asks for `envvars:` wherever a literal name indexes the environment; this
 # variable is optional and only written here, hence the constant.)
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_URI_GIVEN = os.environ.get(MLFLOW_ENV)
 MLFLOW_URI = default_uri(RESULTS)
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
+
+
+def check_cluster_tracking():
+    """onstart: jobs on many nodes must not share an sqlite/file store over NFS. The executor is
+    known only once the workflow starts (not at parse time), hence a hook; it runs before any job."""
+    if workflow.local_exec:
+        return
+    from mhsa.tracking import SERVER_HINT, shared_store_problem
+
+    problem = shared_store_problem(MLFLOW_URI_GIVEN)
+    if problem:
+        raise WorkflowError(f"{problem}: jobs on a cluster need an MLflow tracking server. To fix, "
+                            f"{SERVER_HINT}. No job was submitted.")
 
 
 def _alternatives(names):
@@ -170,7 +184,7 @@ def experiment_names():
 
 # ---------------------------------------------------------------------------- tables rule
 def study_data():
-    """STUDY as plain data for the tables rule (workflow/scripts/tables.py rebuilds the objects):
+    """STUDY as plain data for the tables job (workflow/scripts/tables.py rebuilds the objects):
     the resolved config without `presets`, the cells (test modes as sorted lists: a set's repr
     changes between runs) and the rows. Snakemake compares the repr of params, so this is also
     the rule's rerun trigger."""
@@ -180,6 +194,11 @@ def study_data():
     ]
     config = {k: v for k, v in CFG.items() if k != "presets"}
     return {"config": config, "cells": cells, "rows": [asdict(r) for r in STUDY.rows]}
+
+
+def results_dir_from_output(wildcards, output):
+    """The results directory, as the folder of the store marker (MLFLOW_MARKER)."""
+    return str(Path(output[0]).parent)
 
 
 def runs_dir_from_input(wildcards, input):

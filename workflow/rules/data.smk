@@ -23,6 +23,12 @@ rule synthetic_dataset:
         "../scripts/synthetic_dataset.py"
 
 
+# Seconds of work each: on a cluster they run on the submitting node, not as SLURM jobs.
+localrules:
+    mlflow_store,
+    synthetic_dataset,
+
+
 rule mlflow_store:
     output:
         MLFLOW_MARKER,
@@ -33,5 +39,7 @@ rule mlflow_store:
     params:
         uri=MLFLOW_URI,
         experiments=experiment_names(),
+        preset=PRESET,
+        results=results_dir_from_output,
     script:
         "../scripts/mlflow_store.py"

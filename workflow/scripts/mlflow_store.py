@@ -1,16 +1,29 @@
-"""Snakemake adapter: create the MLflow store and experiments once, before parallel jobs."""
+"""Snakemake adapter: create the MLflow store, the experiments and the study's parent run once,
+before parallel jobs. A store that cannot be reached is reported once; the cells then train
+without tracking (replayed later by `python -m mhsa sync-mlflow RESULTS_DIR`)."""
 
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script directive)
 from wf_common import add_repo_to_path, log_to
 
 add_repo_to_path(__file__)
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mhsa.tracking import init_store  # noqa: E402
+from mhsa.tracking import SYNC_HINT, check_store, init_store, study_tags  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     uri, experiments = snakemake.params.uri, list(snakemake.params.experiments)
-    init_store(uri, experiments)
-    Path(snakemake.output[0]).write_text(f"{uri}\n" + "".join(f"{e}\n" for e in experiments))
-    log.info("MLflow store %s ready with experiments %s", uri, experiments)
+    study = study_tags(snakemake.params.preset, snakemake.params.results)
+    problem = check_store(uri)
+    if problem:
+        msg = (f"MLflow store {uri} is not reachable ({problem}): the cells train WITHOUT tracking "
+               f"(metrics.json is written as usual); replay them later with `{SYNC_HINT}`.")
+        log.warning(msg)
+        print(f"WARNING: {msg}", file=sys.__stderr__, flush=True)  # once, on the Snakemake console
+        lines = [f"{uri}\n", f"unreachable: {problem}\n"]
+    else:
+        parents = init_store(uri, experiments, study=study, results_dir=snakemake.params.results)
+        lines = [f"{uri}\n"] + [f"{e} parent={p}\n" for e, p in parents.items()]
+        log.info("MLflow store %s ready: experiments and study parent runs %s", uri, parents)
+    Path(snakemake.output[0]).write_text("".join(lines))

@@ -20,9 +20,9 @@ from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mhsa.plots import build_all_figures, overlay_from_npz  # noqa: E402
-from mhsa.study import Cell, RowRef, Study  # noqa: E402
+from mhsa.study import Cell, RowRef, Study, cell_overrides  # noqa: E402
 from mhsa.tables import build_all  # noqa: E402
-from mhsa.tracking import log_run_artifacts  # noqa: E402
+from mhsa.tracking import feed_tags, log_run_artifacts, log_study_outputs, study_tags  # noqa: E402
 
 
 def study_from_params(data: dict) -> Study:
@@ -42,7 +42,7 @@ def mlflow_updates(study: Study, metrics_files: list, overlays: list):
             m = json.load(fh)
         cell = study.cells.get(m.get("cell"))
         run_id = (m.get("train") or {}).get("mlflow_run_id")
-        yield run_id, [overlay], {"feeds": "; ".join(cell.feeds)} if cell else {}
+        yield run_id, [overlay], {"feeds": "; ".join(cell.feeds), **feed_tags(cell.feeds)} if cell else {}
 
 
 def overlays_to_mlflow(study: Study, attention: list, overlays: list, metrics_files: list) -> tuple:
@@ -77,3 +77,8 @@ with log_to(snakemake.log[0]) as log:
     if missing:
         raise RuntimeError(f"mhsa.tables/mhsa.plots did not write {missing}")
     log.info("tables in %s, figures in %s", tables_dir, figures_dir)
+    experiments = sorted({cell_overrides(study, c)["tracking"]["experiment"] for c in study.cells.values()})
+    parents = log_study_outputs(os.environ.get("MLFLOW_TRACKING_URI"), experiments,
+                                study_tags(study.config["preset"], tables_dir.parent),
+                                {"tables": tables_dir, "figures": figures_dir})
+    log.info("tables and figures logged to the study's MLflow parent run(s) %s", parents)

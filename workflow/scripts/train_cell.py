@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 
 from mhsa.config import build_run_config  # noqa: E402
 from mhsa.gpu_slots import gpu_slot  # noqa: E402
+from mhsa.tracking import log_job_log, study_tags  # noqa: E402
 from mhsa.train import train_cell  # noqa: E402
 
 cell = snakemake.wildcards.cell
@@ -29,6 +30,13 @@ if Path(snakemake.output.attention).parent != run_dir:
 
 with log_to(snakemake.log[0]) as log:
     overrides = dict(snakemake.params.overrides)
+    # Tags that name the study (its parent run); the rows a cell feeds (`feeds`, `table.<N>`) are set by
+    # the tables rule, not here: as params they would retrain a cell whenever a row reuses it.
+    tracking = dict(overrides.get("tracking") or {})
+    tracking["tags"] = {**(tracking.get("tags") or {}),
+                        **study_tags(snakemake.config["preset"], run_dir.parent.parent),
+                        "mlflow.source.name": "workflow/rules/train.smk:train_cell"}
+    overrides["tracking"] = tracking
     overrides["threads"] = snakemake.threads  # torch CPU threads = the job's Snakemake threads
 
     cfg = build_run_config(dict(snakemake.params.recipe), overrides)
@@ -42,5 +50,6 @@ with log_to(snakemake.log[0]) as log:
         log.info("cell %s: device slot %s, %d thread(s), checkpoints in %s",
                  cell, "cpu" if slot is None else slot, snakemake.threads, ckpt_dir)
         t0 = time.time()
-        train_cell(cfg, run_dir, ckpt_dir=ckpt_dir, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+        metrics = train_cell(cfg, run_dir, ckpt_dir=ckpt_dir, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
         log.info("cell %s done in %.1f s", cell, time.time() - t0)
+    log_job_log(os.environ.get("MLFLOW_TRACKING_URI"), metrics["train"].get("mlflow_run_id"), snakemake.log[0])

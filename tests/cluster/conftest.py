@@ -1,0 +1,6 @@
+"""The cluster test's helpers (daemons.py, browser.py) are plain modules beside it."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
