@@ -155,28 +155,7 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoint
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class StaleCheckpointError(ValueError):
-    """The checkpoint was trained under another config: resuming it would report the wrong model."""
-
-
-def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
-    saved, now = state.get("weights_config", {}), weights_config(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8])
-        raise StaleCheckpointError(
-            f"checkpoint {path} was trained with another config ({shown}); delete it to start over, "
-            "or pass another --out/--ckpt-dir")
+from mhsa.checkpoint import StaleCheckpointError, check_resumable, load_checkpoint, save_checkpoint  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------------ evaluation
