@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from mhsa.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad run-config key or value; the message names the dotted key."""
 
 

@@ -28,6 +28,7 @@ from mhsa.data import datasets
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from mhsa.errors import DataError, DeviceError
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
@@ -47,9 +48,15 @@ class NonFiniteLossError(FloatingPointError):
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"config key 'device' is {name!r} but no CUDA device is visible "
-                           f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise DeviceError(f"config key 'device' is {name!r}; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"config key 'device' is {name!r} but no CUDA device is visible "
+                          f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"config key 'device' is {name!r} but only {torch.cuda.device_count()} CUDA "
+                          "device(s) are visible; use cuda:0 or auto")
     return torch.device(name)
 
 
@@ -220,7 +227,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     # Data first: a missing root fails here, before any model is built.
     train_set = ensure_data(cfg.data.dataset, cfg.data.root, cfg.data.synthetic)
     if not train_set.train:
-        raise ValueError(f"data set {cfg.data.dataset!r} at {cfg.data.root!r} has no training images "
+        raise DataError(f"data set {cfg.data.dataset!r} at {cfg.data.root!r} has no training images "
                          "(Partial-REID/iLIDS are test-only: train on market1501 and list them in eval.targets)")
     targets = eval_targets(cfg)
     pids = [pid for _, pid, _ in train_set.train]
