@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
+from mhsa.data.check import check_test_sets
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -230,6 +231,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         raise DataError(f"data set {cfg.data.dataset!r} at {cfg.data.root!r} has no training images "
                          "(Partial-REID/iLIDS are test-only: train on market1501 and list them in eval.targets)")
     targets = eval_targets(cfg)
+    check_test_sets({name: ds for name, (ds, _) in targets.items()})  # unreadable images, no valid query
     pids = [pid for _, pid, _ in train_set.train]
     sampler = PKSampler(pids, cfg.data.p, cfg.data.k, seed=cfg.seed)
 
