@@ -29,11 +29,12 @@ def _setup_logging(log_file: str | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mhsa.cell_lock import cell_lock
     from mhsa.config import load_config
+
+    cfg = load_config(args.config, args.set)  # before importing torch: config mistakes fail fast
+    from mhsa.cell_lock import cell_lock
     from mhsa.train import train_cell
 
-    cfg = load_config(args.config, args.set)
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out / "checkpoints"
     with cell_lock([out, ckpt_dir], cfg.name):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from .datasets import load, names
+from .datasets import UnknownDatasetError, load, names
 
 VARIANTS = ("holistic", "occluded", "partial")
 # layout -> (default variant, default number of cameras of the real data set)
@@ -407,7 +407,7 @@ def generate(
     regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        raise UnknownDatasetError(f"unknown data set {layout!r}; known: {', '.join(LAYOUTS)}")
     variant = variant or LAYOUTS[layout][0]
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
