@@ -196,6 +196,17 @@ def test_describe_os_errors_name_the_file():
     assert describe(ValueError("a bug")) is None  # not a user mistake: the traceback is kept
 
 
+def test_describe_unwraps_a_dataloader_worker_error():
+    """With workers > 0, torch re-raises the worker's exception with its traceback in the message."""
+    from mhsa.data.loader import UnreadableImageError
+
+    wrapped = UnreadableImageError(
+        "Caught UnreadableImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        "last):\n  File \"x.py\", line 1, in f\nmhsa.data.loader.UnreadableImageError: cannot read image "
+        "/d/0001_c1.jpg (item 3): broken; replace or remove the file\n")
+    assert describe(wrapped) == "cannot read image /d/0001_c1.jpg (item 3): broken; replace or remove the file"
+
+
 def test_traceback_goes_to_the_log_file_or_debug(work, cli, tmp_path):
     log = tmp_path / "train.log"
     proc = cli_subprocess(work, "--set", "device=tpu", "--out", "o", "--log", str(log))
