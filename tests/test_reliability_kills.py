@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "mhsa" / "configs" / "smoke.yaml"
 ARGS = ["train", str(SMOKE), "--set", "tracking.enabled=false", "--set", "optim.epochs=2",
-        "--set", "eval.attention_images=2"]
+        "--set", "eval.attention_images=2", "--set", "data.height=32", "--set", "data.width=16"]
 
 KILLER = """
 import os, signal, sys
@@ -88,7 +88,7 @@ def test_kill_9_at_every_moment_then_rerun_matches_an_uninterrupted_run(work):
     # smoke: 8 steps per epoch and a checkpoint after each; counts are per process (each resumes)
     moments = [("step:1", "before the first checkpoint"), ("save:1", "writing the first checkpoint"),
                ("save:2", "writing the second checkpoint"), ("step:3", "mid-epoch 2"),
-               ("metrics", "right after metrics.json")]
+               ("metrics:1", "right after metrics.json")]
     for kill_at, moment in moments:
         proc = run(work, out, kill_at)
         assert proc.returncode == -signal.SIGKILL, (moment, proc.stderr[-2000:])
