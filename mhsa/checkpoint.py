@@ -37,16 +37,17 @@ def previous_path(path: str | Path) -> Path:
 
 def _keep_previous(path: Path) -> None:
     prev = previous_path(path)
-    if not path.exists():
-        return
+    if not path.exists() or (prev.exists() and os.path.samefile(prev, path)):
+        return  # already kept (a kill after the last rotation): renaming a link onto itself is a no-op
     link = prev.with_name(f".{prev.name}.{os.getpid()}.link")
     try:
         link.unlink(missing_ok=True)
         os.link(path, link)
         os.replace(link, prev)
     except OSError:  # no hard links on this file system: move it (a kill now leaves prev.pt only)
-        link.unlink(missing_ok=True)
         os.replace(path, prev)
+    finally:
+        link.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -72,6 +72,16 @@ def test_no_checkpoint_is_none(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt") is None
 
 
+def test_save_after_a_kill_between_rotation_and_write_leaves_no_link(tmp_path):
+    """Killed after prev.pt was linked to last.pt but before the new last.pt: both name one file."""
+    last, prev = tmp_path / "last.pt", tmp_path / "prev.pt"
+    save_checkpoint(last, _state(1))
+    os.link(last, prev)
+    save_checkpoint(last, _state(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+    assert load_checkpoint(last)["epoch"] == 2 and torch.load(prev, weights_only=True)["epoch"] == 1
+
+
 def test_only_prev_left_after_a_kill_between_rotation_and_write(tmp_path):
     save_checkpoint(tmp_path / "last.pt", _state(4))
     os.replace(tmp_path / "last.pt", tmp_path / "prev.pt")
