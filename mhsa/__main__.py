@@ -1,10 +1,19 @@
-"""Command line: `python -m mhsa train CONFIG --out DIR [--set key=value ...]`."""
+"""Command line.
+
+    python -m mhsa train CONFIG --out DIR [--set key=value ...]   train and evaluate one cell
+    python -m mhsa sync-mlflow RESULTS_DIR                        replay finished cells into MLflow
+
+A mistake in the config, the data or the environment prints one line naming the key or the file
+and what to do (plus where the traceback is) and exits non-zero: 2 for a config error, 1 otherwise.
+The traceback goes to the --log file, or to the terminal with --debug.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -20,37 +29,82 @@ def _setup_logging(log_file: str | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mhsa.config import ConfigError, load_config
+    from mhsa.config import load_config
+
+    cfg = load_config(args.config, args.set)  # before importing torch: config mistakes fail fast
+    from mhsa.cell_lock import cell_lock
     from mhsa.train import train_cell
 
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     out = Path(args.out)
-    train_cell(cfg, out, ckpt_dir=args.ckpt_dir, tracking_uri=args.tracking_uri)
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out / "checkpoints"
+    with cell_lock([out, ckpt_dir], cfg.name):
+        train_cell(cfg, out, ckpt_dir=ckpt_dir, tracking_uri=args.tracking_uri)
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mhsa", description=__doc__)
+def _sync(args: argparse.Namespace) -> int:
+    from mhsa.sync import sync_results
+
+    done = sync_results(args.results_dir, tracking_uri=args.tracking_uri)
+    for cell, what in done.items():
+        print(f"{cell}: {what}")
+    return 0
+
+
+def _report(err: Exception, args: argparse.Namespace) -> int:
+    """One line for a user mistake (the traceback to --log); the full traceback for anything else."""
+    from mhsa.config import ConfigError
+    from mhsa.errors import describe
+
+    if args.log:
+        try:
+            with open(args.log, "a") as fh:
+                traceback.print_exception(err, file=fh)
+        except OSError:  # the log itself may sit on the read-only disk that caused the error
+            pass
+    message = describe(err)
+    if message is None:
+        traceback.print_exception(err, file=sys.stderr)
+        return 1
+    where = f"full traceback in {args.log}" if args.log else "rerun with --debug for the traceback"
+    print(f"error: {message}\n({where})", file=sys.stderr)
+    return 2 if isinstance(err, ConfigError) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite under results/)")
+    common.add_argument("--log", default=None, help="also write the log (and any traceback) to this file")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(prog="python -m mhsa", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train and evaluate one cell, resuming from its last checkpoint")
+    t = sub.add_parser("train", parents=[common],
+                       help="train and evaluate one cell, resuming from its last checkpoint")
     t.add_argument("config", help="run config YAML (e.g. mhsa/configs/smoke.yaml)")
     t.add_argument("--out", required=True, help="output directory (metrics.json, attention maps)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set loss.lambda1=1e-4 (repeatable)")
     t.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: OUT/checkpoints)")
-    t.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite under results/)")
-    t.add_argument("--log", default=None, help="also write the log to this file")
-    args = parser.parse_args(argv)
-    _setup_logging(args.log)
-    if args.command == "train":
-        return _train(args)
-    return 1
+    s = sub.add_parser("sync-mlflow", parents=[common],
+                       help="replay finished cells (RESULTS_DIR/runs/*/metrics.json) into the MLflow store; "
+                            "idempotent")
+    s.add_argument("results_dir", help="results directory (holds runs/<cell>/metrics.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"train": _train, "sync-mlflow": _sync}[args.command]
+    try:
+        _setup_logging(args.log)
+        return command(args)
+    except Exception as err:
+        if args.debug:
+            raise
+        return _report(err, args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,23 @@
-"""Atomic file writes: a crash never leaves a half-written metrics.json, table or checkpoint."""
+"""Atomic file writes: a crash never leaves a half-written metrics.json, table or checkpoint.
+
+The temp file sits beside its target as ``.<name>.<host>_<pid>.<random>.tmp``. A process killed
+mid-write (kill -9, OOM) leaves it behind; the next write of the same target, or
+`clean_stale_temps` at start, removes the temp files whose writer is gone: a dead pid on this
+host, or (another host, or an older name form) a file untouched for `STALE_AFTER_S` seconds.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+STALE_AFTER_S = 3600.0
 
 
 def _current_umask() -> int:
@@ -16,13 +27,55 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(tmp: Path, name: str) -> bool:
+    m = re.fullmatch(rf"\.{re.escape(name)}\.([A-Za-z0-9-]+)_(\d+)\.[A-Za-z0-9_]+\.tmp", tmp.name)
+    if m and m.group(1) == _HOST:
+        return int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2)))
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def clean_stale_temps(path: str | Path) -> list[Path]:
+    """Remove temp files of `path` left by killed writers; returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"):
+        if _is_stale(tmp, path.name):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}_{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -30,15 +30,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhsa.config import ConfigError, RunConfig, save_config, weights_config
+from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.batch_transforms import BatchAugment, CachedBatches, CachedEvalBatches
 from mhsa.data.cache import DecodedCache, open_split
+from mhsa.data.check import check_test_sets
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from mhsa.errors import DataError, DeviceError
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
@@ -61,20 +63,16 @@ def pick_device(name: str) -> torch.device:
     """The `device` config key -> torch.device; a device this machine cannot use is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"config key 'device': {name!r} is not a device this harness runs on; "
-                          "use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device': {name!r} but no CUDA device is visible "
-                          "(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"config key 'device': {name!r} but only {torch.cuda.device_count()} CUDA "
-                          "device(s) are visible; use device: cuda (the first) or auto")
-    return device
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise DeviceError(f"config key 'device' is {name!r}; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"config key 'device' is {name!r} but no CUDA device is visible "
+                          f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"config key 'device' is {name!r} but only {torch.cuda.device_count()} CUDA "
+                          "device(s) are visible; use cuda:0 or auto")
+    return torch.device(name)
 
 
 def seed_everything(seed: int, epoch: int = 0) -> int:
@@ -166,28 +164,7 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoint
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class StaleCheckpointError(ValueError):
-    """The checkpoint was trained under another config: resuming it would report the wrong model."""
-
-
-def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
-    saved, now = state.get("weights_config", {}), weights_config(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8])
-        raise StaleCheckpointError(
-            f"checkpoint {path} was trained with another config ({shown}); delete it to start over, "
-            "or pass another --out/--ckpt-dir")
+from mhsa.checkpoint import StaleCheckpointError, check_resumable, load_checkpoint, save_checkpoint  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -311,10 +288,11 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
     seed, the loss, the optimiser and the AMP scaler."""
     train_set = ensure_data(cfg.data.dataset, cfg.data.root, cfg.data.synthetic)
     if not train_set.train:
-        raise ConfigError(f"config key 'data.dataset': {cfg.data.dataset!r} at {cfg.data.root!r} has no "
+        raise DataError(f"data set {cfg.data.dataset!r} at {cfg.data.root!r} (data.dataset, data.root) has no "
                           "training images (Partial-REID/iLIDS are test-only: train on market1501 and list "
                           "them in eval.targets)")
     targets = eval_targets(cfg)
+    check_test_sets({name: ds for name, (ds, _) in targets.items()})  # unreadable images, no valid query
     sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format

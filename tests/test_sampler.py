@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mhsa.data.sampler import PKSampler
+from mhsa.errors import UserError
 
 # 6 identities: 4 with 8 images, one with 5, one with a single image (sampled with replacement)
 COUNTS = {10: 8, 11: 8, 12: 8, 13: 8, 14: 5, 15: 1}
@@ -63,7 +64,7 @@ def test_length_is_exact_for_skewed_counts():
     ],
 )
 def test_impossible_settings(pids, p, k, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):  # ConfigError naming data.p/data.k, or DataError
         PKSampler(pids, p, k)
 
 

@@ -170,15 +170,19 @@ def test_params_trigger_granularity(finished):
 
 
 def test_real_run_with_missing_data_stops_before_any_job(wf):
-    (wf / "data" / "Market-1501-v15.09.15").mkdir(parents=True)  # one of the eight is there
+    market = wf / "data" / "Market-1501-v15.09.15"
+    for split in ("bounding_box_train", "query", "bounding_box_test"):  # there, but empty
+        (market / split).mkdir(parents=True)
     proc = snakemake(wf, "--cores", "1", "tables", "--config", "preset=paper", check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "needed root(s) are missing" in text
-    missing = re.findall(r"^\s+- (\w+): tried (\S+)", text, re.M)
-    assert {name for name, _ in missing} == set(_config()["datasets"]) - {"market1501"}
-    assert all(Path(path).is_absolute() for _, path in missing)
-    assert "published at: https://github.com/lightas/Occluded-DukeMTMC-Dataset" in text
+    n = len(_config()["datasets"])
+    assert f"{n} of them have problems" in text  # every set at once, the empty one too
+    listed = re.findall(r"^\s+- (\w+)(?: at |: data set not found under )(\S+)", text, re.M)
+    assert {name for name, _ in listed} == set(_config()["datasets"])
+    assert all(Path(path.rstrip(":")).is_absolute() for _, path in listed)
+    assert "market1501 at " in text and "train 0 ids / 0 images (expected 751 / 12936)" in text
+    assert "published at https://github.com/lightas/Occluded-DukeMTMC-Dataset" in text
     assert "No job was started" in text
     assert not (wf / "results").exists() or not any((wf / "results").rglob("*.json"))
     assert "rule train_cell:" not in text and "rule mlflow_store:" not in text

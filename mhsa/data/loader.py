@@ -7,8 +7,10 @@ from collections.abc import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from mhsa.errors import DataError
 
-class UnreadableImageError(OSError):
+
+class UnreadableImageError(DataError, OSError):
     """An image file is missing, truncated or not an image."""
 
 
@@ -28,7 +30,9 @@ class ImageDataset(Dataset):
             with Image.open(path) as im:
                 img = im.convert("RGB")  # forces the full decode, so truncated files fail here
         except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise UnreadableImageError(f"cannot read image {path} (item {index}): {err}") from err
+            # from None: the PIL traceback adds nothing to "this file is broken"
+            raise UnreadableImageError(f"cannot read image {path} (item {index}): {err}; replace or remove "
+                                       "the file") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, pid, camid, index

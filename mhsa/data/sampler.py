@@ -15,6 +15,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from mhsa.config import ConfigError
+from mhsa.errors import DataError
+
 
 class PKSampler(Sampler[int]):
     """Yield dataset indices in batches of ``p * k``: ``p`` identities x ``k`` images each.
@@ -26,10 +29,10 @@ class PKSampler(Sampler[int]):
     def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0):
         pids = [int(x) for x in pids]
         if not pids:
-            raise ValueError("PKSampler: pids is empty (no training images)")
+            raise DataError("PKSampler: the training set is empty (no images); check data.root")
         if p < 2 or k < 2:
-            raise ValueError(
-                f"PKSampler: p={p}, k={k}; triplet losses need at least 2 identities (p >= 2) "
+            raise ConfigError(
+                f"config keys 'data.p', 'data.k': p={p}, k={k}; triplet losses need at least 2 identities (p >= 2) "
                 "and at least 2 images per identity (k >= 2) in every batch"
             )
         self.index_by_pid: dict[int, list[int]] = defaultdict(list)
@@ -37,7 +40,8 @@ class PKSampler(Sampler[int]):
             self.index_by_pid[pid].append(i)
         if p > len(self.index_by_pid):
             n = len(self.index_by_pid)
-            raise ValueError(f"PKSampler: p={p} identities per batch but the data has only {n} identities")
+            raise ConfigError(f"config key 'data.p' is {p} (identities per batch) but the training set has only "
+                              f"{n} identities; set data.p to at most {n}")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         self.pid_order = sorted(self.index_by_pid)
         self.chunks_per_pid = [max(len(self.index_by_pid[q]), k) // k for q in self.pid_order]

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from mhsa.errors import ConfigError
 
-from .datasets import load, names
+from .datasets import UnknownDatasetError, load, names
 
 VARIANTS = ("holistic", "occluded", "partial")
 # layout -> (default variant, default number of cameras of the real data set)
@@ -74,7 +74,7 @@ def dataset_seed(name: str) -> int:
     two layouts never share their train identities by accident."""
     known = names()
     if name not in known:
-        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(known)}")
+        raise UnknownDatasetError(f"unknown data set {name!r}; known: {', '.join(known)}")
     return SEED_BASE + known.index(name)
 
 
@@ -410,7 +410,7 @@ def _readme(layout: str, params: dict) -> str:
 def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant) -> dict:
     """The checked, complete generator parameters (also the content of the marker file)."""
     if layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        raise UnknownDatasetError(f"unknown data set {layout!r}; known: {', '.join(LAYOUTS)}")
     variant = variant or LAYOUTS[layout][0]
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from mhsa.errors import WeightsError
 from mhsa.switches import BACKBONES, LAST_STRIDES
 
 # name -> (constructor, ImageNet weights enum, channels of Q(x))
@@ -25,6 +26,14 @@ _RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]
 
 if set(_RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
     raise ImportError(f"mhsa.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
+
+
+class WeightsUnavailableError(WeightsError, RuntimeError):
+    """The ImageNet weights are neither cached nor downloadable (offline machine)."""
+
+
+class WeightsFileNotFoundError(WeightsError, FileNotFoundError):
+    """`model.pretrained` names a file that does not exist."""
 
 
 class Backbone(nn.Module):
@@ -89,16 +98,19 @@ def _imagenet_state_dict(weights: models.WeightsEnum) -> dict[str, torch.Tensor]
         return weights.get_state_dict(progress=False)
     except Exception as err:  # offline machines fail with URLError/OSError; any failure means the same thing
         target = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        raise RuntimeError(
-            f"could not load ImageNet weights {weights} ({err}). Without internet, download {weights.url} "
-            f"elsewhere and place it at {target}, or pass pretrained='<path to a local state-dict file>'."
-        ) from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        # from None: the urllib/hub chain says only "no network"; the message says what to do
+        raise WeightsUnavailableError(
+            f"ImageNet weights {filename} are not in {target.parent} and cannot be downloaded ({reason}). "
+            f"Download {weights.url} and put it at {target}, or set model.pretrained to a local "
+            "state-dict file (or false)."
+        ) from None
 
 
 def _local_state_dict(path: Path, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights file {path} does not exist. Put a ResNet state dict there "
+        raise WeightsFileNotFoundError(
+            f"pretrained weights file {path} (model.pretrained) does not exist. Put a ResNet state dict there "
             f"(e.g. torchvision's {weights.url}), or use pretrained='imagenet' with the file in "
             f"{Path(torch.hub.get_dir()) / 'checkpoints'}."
         )

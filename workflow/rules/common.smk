@@ -272,16 +272,14 @@ def check_real_data():
     """onstart (real runs only, never -n): stop before any job when a needed root is absent."""
     if SYNTHETIC:
         return
-    missing = missing_roots(needed_datasets(pending_cells()))
-    if not missing:
+    from mhsa.data.check import check_datasets  # parse + statistics of every set, all problems at once
+
+    needed = needed_datasets(pending_cells())
+    problems = check_datasets({n: os.path.abspath(dataset_root(CFG, n)) for n in needed})
+    if not problems:
         return
-    lines = [
-        f"preset {PRESET!r} uses real data sets, and {len(missing)} needed root(s) are missing:"
-    ]
-    for name, root, url in missing:
-        lines.append(
-            f"  - {name}: tried {os.path.abspath(root)}\n      published at: {url}"
-        )
+    lines = [f"preset {PRESET!r} uses real data sets; {len(problems)} of them have problems:"]
+    lines += [f"  - {p}" for p in problems]
     lines.append(
         "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
         "--config), or run a synthetic preset (--config preset=demo). No job was started."

@@ -15,6 +15,7 @@ import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from mhsa.cell_lock import cell_lock  # noqa: E402
 from mhsa.config import build_run_config  # noqa: E402
 from mhsa.gpu_slots import gpu_slot  # noqa: E402
 from mhsa.tracking import log_job_log, study_tags  # noqa: E402
@@ -42,7 +43,9 @@ with log_to(snakemake.log[0]) as log:
     cfg = build_run_config(dict(snakemake.params.recipe), overrides)
     ckpt_dir = Path(snakemake.params.ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with gpu_slot(
+    run_dir = Path(snakemake.output.metrics).parent
+    # An orphaned job of a killed Snakemake may still train this cell: stop here, naming its PID.
+    with cell_lock([run_dir, ckpt_dir], cell), gpu_slot(
         n_slots=wf.get("gpu_slots"),
         lock_dir=Path(snakemake.resources.gpu_locks),
         timeout=float(wf.get("gpu_wait_s", 86400)),

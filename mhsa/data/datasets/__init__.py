@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import cuhk03, dukemtmc, market1501, occluded_duke, p_dukemtmc, partial_ilids, partial_reid
-from mhsa.errors import ConfigError
+from mhsa.errors import ConfigError, DataError
 
-from .base import DatasetNotFoundError, Item, ReidDataset
 
-__all__ = ["DatasetNotFoundError", "Item", "ReidDataset", "load", "names", "where_to_get"]
+from .base import DatasetNotFoundError, FileNameError, Item, ReidDataset
+
+__all__ = ["DatasetNotFoundError", "FileNameError", "Item", "UnknownDatasetError", "ReidDataset", "load", "names", "where_to_get"]
 
 _REGISTRY: dict[str, tuple[Callable[[str | Path], ReidDataset], str]] = {
     "market1501": (market1501.load, market1501.URL),
@@ -28,6 +29,13 @@ _REGISTRY: dict[str, tuple[Callable[[str | Path], ReidDataset], str]] = {
 }
 
 
+class UnknownDatasetError(ConfigError, DataError, KeyError):
+    """A data set name that no parser reads (a KeyError for callers that look names up)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
 def names() -> list[str]:
     """Registered data set names, in the paper's order."""
     return list(_REGISTRY)
@@ -37,7 +45,8 @@ def _entry(name: str):
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(_REGISTRY)}") from None
+        raise UnknownDatasetError(f"unknown data set {name!r}; known: {', '.join(_REGISTRY)} "
+                                  "(check data.dataset, eval.targets and datasets: in the config)") from None
 
 
 def where_to_get(name: str) -> str:

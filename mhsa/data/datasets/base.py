@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mhsa.errors import DataError
+
 Item = tuple[str, int, int]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -21,8 +23,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MARKET_NAME = re.compile(r"^([-\d]+)_c(\d)")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """A data set root is missing or does not have the published folder layout."""
+
+
+class FileNameError(DataError, ValueError):
+    """An image whose file name does not carry the identity (and camera) the layout promises."""
 
 
 @dataclass
@@ -85,7 +91,8 @@ def parse_market_name(path: Path) -> tuple[int, int]:
     """``(pid, camid)`` from a Market-style file name; camid is returned 0-based."""
     m = MARKET_NAME.match(path.name)
     if m is None:
-        raise ValueError(f"unexpected file name {path} (expected '<pid>_c<cam>...')")
+        raise FileNameError(f"unexpected file name {path} (expected '<pid>_c<cam>...', e.g. "
+                            "0002_c1s1_000451_03.jpg); rename or remove the file")
     return int(m.group(1)), int(m.group(2)) - 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Item, ReidDataset, find_root, image_files
+from .base import FileNameError, Item, ReidDataset, find_root, image_files
 
 NAME = "partial_reid"
 URL = (
@@ -26,7 +26,8 @@ def parse_numbered(folder: Path, cam: int) -> list[Item]:
     for path in image_files(folder):
         m = LEADING_NUMBER.match(path.stem)
         if m is None:
-            raise ValueError(f"unexpected file name {path} (expected '<pid>_<n>.jpg' or '<pid>.jpg')")
+            raise FileNameError(f"unexpected file name {path} (expected '<pid>_<n>.jpg' or '<pid>.jpg'); "
+                                "rename or remove the file")
         items.append((str(path), int(m.group(1)), cam))
     return items
 

@@ -1,0 +1,138 @@
+"""Replay finished cells into the MLflow store: `python -m mhsa sync-mlflow RESULTS_DIR`.
+
+A cell that trained while the store was down (or with tracking off) still has everything in its
+run directory: `metrics.json` (config, per-epoch history, final metrics, environment),
+`config.yaml` and `attention.png`. This module writes them into the store as the cell's run, the
+same names and steps `mhsa.train` logs. It is idempotent: the cell's run is found by the run id in
+metrics.json, else by experiment + tag `cell=<cell id>` (the tag training runs carry), and only
+missing params, metric points and artifacts are added, so running it twice changes nothing.
+A cell being trained right now (its run dir is locked) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from mhsa.cell_lock import is_locked
+from mhsa.config import flatten
+from mhsa.tracking import default_uri, init_store
+
+log = logging.getLogger("mhsa.sync")
+
+ARTIFACTS = ("config.yaml", "metrics.json", "attention.png")
+
+
+def _name(key: str) -> str:
+    return key.replace("@", "_at_")  # as CellTracker.log_metrics: MLflow names allow no "@"
+
+
+def _number(v) -> bool:
+    return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
+    """metric name -> {step: value}: per-epoch history, then the final metrics at the last epoch."""
+    points: dict[str, dict[int, float]] = {}
+    for row in metrics.get("history", []):
+        for k, v in row.items():
+            if k != "epoch" and _number(v):
+                points.setdefault(_name(k), {})[int(row["epoch"])] = float(v)
+    last = int(metrics["train"]["epochs"])
+    for t, modes in metrics.get("eval", {}).items():
+        for mode, ms in modes.items():
+            for k, v in ms.items():
+                if _number(v):
+                    points.setdefault(_name(f"{t}.{mode}.{k}"), {})[last] = float(v)
+    for k, v in metrics.get("train", {}).items():
+        if _number(v):
+            points.setdefault(_name(f"train.{k}"), {})[last] = float(v)
+    return points
+
+
+def _find_run(client, exp_id: str, cell: str, run_id: str | None):
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+            if run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                return run
+        except Exception:  # the id is from another store (MLFLOW_TRACKING_URI changed)
+            pass
+    runs = client.search_runs([exp_id], filter_string=f"tags.cell = '{cell}'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return (finished or runs or [None])[0]
+
+
+def _tags(metrics: dict, run_dir: Path) -> dict[str, str]:
+    cfg, train = metrics["config"], metrics["train"]
+    env = {k: str(v) for k, v in train.items() if isinstance(v, str)}
+    return {"cell": metrics["cell"], "dataset": cfg["data"]["dataset"], **env,
+            **{k: str(v) for k, v in (cfg.get("tracking", {}).get("tags") or {}).items()},
+            "synced_from": str(run_dir.resolve())}
+
+
+def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
+    """Log the params, metric points and artifacts the run lacks; returns how many items were added."""
+    from mlflow.entities import Metric, Param
+
+    have = client.get_run(run_id).data.params
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items()) if k not in have]
+    now, new = int(time.time() * 1000), []
+    for key, steps in metric_points(metrics).items():
+        logged = {m.step for m in client.get_metric_history(run_id, key)}
+        new += [Metric(key, v, now, step) for step, v in sorted(steps.items()) if step not in logged]
+    for i in range(0, len(params), 100):  # log_batch takes at most 100 params / 1000 metrics
+        client.log_batch(run_id, params=params[i:i + 100])
+    for i in range(0, len(new), 1000):
+        client.log_batch(run_id, metrics=new[i:i + 1000])
+    stored = {a.path for a in client.list_artifacts(run_id)}
+    files = [run_dir / n for n in ARTIFACTS if (run_dir / n).exists() and n not in stored]
+    for f in files:
+        client.log_artifact(run_id, str(f))
+    return len(params) + len(new) + len(files)
+
+
+def sync_cell(client, run_dir: Path, exp_ids: dict[str, str]) -> str:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cell, experiment = metrics["cell"], metrics["config"]["tracking"]["experiment"]
+    exp_id = exp_ids[experiment]
+    run = _find_run(client, exp_id, cell, metrics["train"].get("mlflow_run_id"))
+    if run is None:
+        run = client.create_run(exp_id, run_name=cell, tags=_tags(metrics, run_dir))
+        created = True
+    else:
+        created = False
+    added = _add_missing(client, run.info.run_id, metrics, run_dir)
+    if created or run.info.status != "FINISHED":
+        client.set_terminated(run.info.run_id, "FINISHED")
+    what = "created" if created else ("completed" if added or run.info.status != "FINISHED" else "up to date")
+    return f"{what} (run {run.info.run_id}, {added} item(s) added)"
+
+
+def sync_results(results_dir: str | Path, tracking_uri: str | None = None) -> dict[str, str]:
+    """Replay every finished cell under `results_dir/runs/` into the store; cell -> what was done."""
+    from mlflow.tracking import MlflowClient
+
+    results_dir = Path(results_dir)
+    uri = tracking_uri or default_uri(results_dir)
+    run_dirs = sorted(p.parent for p in (results_dir / "runs").glob("*/metrics.json"))
+    if not run_dirs:
+        log.warning("no finished cell (runs/*/metrics.json) under %s", results_dir)
+        return {}
+    experiments = sorted({json.loads((d / "metrics.json").read_text())["config"]["tracking"]["experiment"]
+                          for d in run_dirs})
+    init_store(uri, experiments)
+    client = MlflowClient(tracking_uri=uri)
+    exp_ids = {e: client.get_experiment_by_name(e).experiment_id for e in experiments}
+    done = {}
+    for d in run_dirs:
+        if is_locked(d):
+            done[d.name] = "skipped (being trained right now)"
+            continue
+        done[d.name] = sync_cell(client, d, exp_ids)
+        log.info("%s: %s", d.name, done[d.name])
+    return done
