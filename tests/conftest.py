@@ -1,14 +1,17 @@
-"""Helpers shared by several test modules."""
+"""Fixtures shared by several test modules (fixtures rather than imports: tests/cluster has a
+conftest.py of its own, so `from conftest import ...` would be ambiguous)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def copy_workflow(dest: Path) -> Path:
+def _copy_workflow(dest: Path) -> Path:
     """A runnable copy of Snakefile, config.yaml, workflow/ and envs/ in `dest` (tests never write
     into the repository's results/)."""
     for name in ("Snakefile", "config.yaml"):
@@ -17,3 +20,9 @@ def copy_workflow(dest: Path) -> Path:
     for name in ("workflow", "envs"):
         shutil.copytree(REPO / name, dest / name, ignore=ignore)
     return dest
+
+
+@pytest.fixture(scope="session")
+def copy_workflow():
+    """`copy_workflow(dest) -> dest`: a runnable copy of the workflow in `dest`."""
+    return _copy_workflow

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import copy_workflow
 
 from mhsa.study import build_study, load_config, table_number
 
@@ -82,7 +81,7 @@ def _kill_jobs_mid_run(wd: Path, results: Path, timeout: float = 600) -> int:
 
 
 @pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
+def ci_run(tmp_path_factory, copy_workflow):
     wd = copy_workflow(tmp_path_factory.mktemp("ci"))
     results = wd / "results" / "ci"
     assert _kill_jobs_mid_run(wd, results) != 0, "snakemake should report the killed jobs"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow
 
 from mhsa.study import build_study, table_number
 
+REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 FORMATS = ("csv", "md", "html", "tex")
 # A fixed MLflow URI: the default (sqlite:///<abs results dir>/mlflow.db) differs between the
@@ -33,13 +33,13 @@ def _config() -> dict:
 
 
 @pytest.fixture
-def wf(tmp_path) -> Path:
+def wf(tmp_path, copy_workflow) -> Path:
     """A runnable copy of the workflow in an empty directory."""
     return copy_workflow(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def _finished_paper_run(tmp_path_factory) -> Path:
+def _finished_paper_run(tmp_path_factory, copy_workflow) -> Path:
     wd = copy_workflow(tmp_path_factory.mktemp("finished"))
     fake_finished_run(wd, "paper")
     return wd
