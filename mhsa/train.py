@@ -131,6 +131,17 @@ def test_loader(cfg: RunConfig, items: list, device: torch.device) -> DataLoader
                       num_workers=d.workers, pin_memory=device.type == "cuda")
 
 
+def cache_test_sets(cfg: RunConfig, targets: dict) -> set:
+    """Decode the test sets into the image cache before training (a bad image fails now, naming the file);
+    returns the names of the sets decoded whole, which the test-set check need not read again."""
+    done = set()
+    for name, (ds, _) in targets.items():
+        if all(open_split(cfg.data, name, str(ds.root), split, getattr(ds, split)) is not None
+               for split in ("query", "gallery")):
+            done.add(name)
+    return done
+
+
 def test_batches(cfg: RunConfig, name: str, ds: ReidDataset, split: str, device: torch.device):
     """Query or gallery batches: from the decoded-image cache when `data.cache` allows, else the loader
     (both give the same images; the cache decodes each file once for every cell that uses it)."""
@@ -292,7 +303,7 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
                           "training images (Partial-REID/iLIDS are test-only: train on market1501 and list "
                           "them in eval.targets)")
     targets = eval_targets(cfg)
-    check_test_sets({name: ds for name, (ds, _) in targets.items()})  # unreadable images, no valid query
+    check_test_sets({name: ds for name, (ds, _) in targets.items()}, decoded=cache_test_sets(cfg, targets))
     sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
