@@ -72,6 +72,7 @@ def _run_config_probe(section: str | None, key: str, value):
     # the height bound holds for both sides of the image
     if section == "data" and key in ("height", "width"):
         data["data"] = {"height": value, "width": value}
+        data["model"] = {"num_heads": 1}  # the smallest input has one feature-map position (K <= h*w)
     if section == "optim" and key == "epochs":  # warm-up must fit into the epochs
         data["optim"]["warmup_epochs"] = 0
     return build_run_config(data)
