@@ -12,7 +12,9 @@ Pure Python (no Snakemake): `workflow/rules/common.smk` and `mhsa.tables` both c
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from hashlib import sha1
 from pathlib import Path
 
 import yaml
@@ -21,12 +23,42 @@ from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
 from mhsa.data.synthetic import PRESET_PARAMS
 from mhsa.switches import DEFAULT_GAMMA
 
-ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII"]
+ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
 # The keys each part of config.yaml may hold (workflow/schemas/config.schema.yaml lists the same
 # keys; tests/test_schema_drift.py keeps the two equal). A misspelled key is an error, never ignored:
 # a row with `fusoin: concat` would otherwise silently become another row's cell.
-KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce")
-ROW_KEYS = ("row", "variant", "mode", *KNOBS)
+KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce", "authors")
+# `paper_row`: the paper's row whose numbers stand beside this row, looked up in the table's
+# `paper_tables` (data set -> paper table id); for rows the paper has no table of its own (XII, XIII).
+ROW_KEYS = ("row", "variant", "mode", "paper_row", *KNOBS)
+
+# The public code's differences (issue 12 B, docs/paper-to-code.md "Reading 2") as the `authors`
+# run-config keys each one sets; cell ids name them by tag. Order fixes the id; j2 before j (superset).
+AUTHORS_TAGS = (
+    ("a", {"model.attention_softmax": "positions"}),
+    ("b", {"model.attention_mlp": "authors"}),
+    ("c", {"optim.param_set": "authors"}),
+    ("d", {"model.saffm_form": "authors"}),
+    ("e", {"model.z_layernorm": True}),
+    ("f", {"model.extra_bottleneck": True}),
+    ("g", {"model.shared_classifier": True}),
+    ("h", {"loss.distance": "euclidean"}),
+    ("i", {"loss.fdrt_form": "authors"}),
+    ("j2", {"loss.competition_form": "code", "loss.competition_reduction": "sum",
+            "loss.competition_threshold": 1.0e-3}),
+    ("j", {"loss.competition_form": "code", "loss.competition_reduction": "sum"}),
+    ("k", {"optim.warmup": "staircase"}),
+    ("l", {"eval.rerank_input": "euclidean"}),
+    ("ls", {"loss.label_smoothing": 0.1}),
+    ("co", {"data.random_erasing": 0.5}),
+    ("sp", {"loss.ihtl_self_positive": True}),
+    ("in", {"model.init": "authors"}),
+    ("A2", {"model.residual_detach_q": True}),
+)
+# The `authors` keys that change a Baseline (no MHSAB); the rest are moot there and dropped, so
+# every Baseline under one reading is one cell.
+BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smoothing",
+                         "data.random_erasing", "optim.warmup")
 PRESET_KEYS = ("data_source", "synthetic", "results_dir", "tables", "figures", "seeds", "recipe")
 WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s")
 
@@ -67,6 +99,7 @@ class RowRef:
     cells: list  # one cell id per seed
     series: str | None = None  # figures: the series name; rows are "<series> (K=k)"
     K: int | None = None
+    paper_row: str | None = None  # the paper's row beside this one (tables with `paper_tables`)
 
 
 @dataclass
@@ -128,6 +161,53 @@ def resolve_preset(config: dict, preset: str | None = None) -> dict:
     return out
 
 
+def _nest(dotted: dict) -> dict:
+    """{"model.init": "authors"} -> {"model": {"init": "authors"}}."""
+    out: dict = {}
+    for key, value in dotted.items():
+        *sections, leaf = key.split(".")
+        node = out
+        for sec in sections:
+            node = node.setdefault(sec, {})
+        node[leaf] = value
+    return out
+
+
+# Run-config keys the other knobs set: an `authors` entry must not fight them.
+_KNOB_KEYS = ("model.mhsam", "model.num_heads", "model.fusion", "model.residual", "loss.lambda1",
+              "loss.lambda2", "loss.lambda3", "loss.gamma", "loss.global_ce")
+_AUTHORS_SECTIONS = ("model", "loss", "data", "optim", "eval")
+
+
+def check_authors(where: str, authors) -> dict:
+    """An `authors` mapping (dotted run-config key -> value) checked against the run config: an
+    unknown key or a bad value is an error naming `where`. Returns it with sorted keys."""
+    if authors is None:
+        return {}
+    if not isinstance(authors, dict):
+        raise StudyError(f"config.yaml: {where}: authors: expected a mapping of dotted run-config keys "
+                         f"(e.g. model.attention_softmax: positions), got {authors!r}")
+    for key in authors:
+        if not isinstance(key, str) or key.split(".")[0] not in _AUTHORS_SECTIONS or "." not in key:
+            raise StudyError(f"config.yaml: {where}: authors: {key!r} is not a dotted run-config key of "
+                             f"{', '.join(_AUTHORS_SECTIONS)} (e.g. model.attention_softmax)")
+        if key in _KNOB_KEYS:
+            raise StudyError(f"config.yaml: {where}: authors: {key!r} is set by a knob; set the knob instead")
+    try:
+        build_run_config({}, _nest(authors))
+    except ConfigError as err:
+        raise StudyError(f"config.yaml: {where}: authors: {err}") from None
+    return {k: authors[k] for k in sorted(authors)}
+
+
+def _merged_authors(config: dict, where: str, name: str, spec: dict) -> dict:
+    """variant_defaults.authors, then the variant's, then the row's, merged key by key."""
+    merged: dict = {}
+    for part in (config.get("variant_defaults", {}), config["variants"][name] or {}, spec):
+        merged.update(check_authors(where, part.get("authors")))
+    return {k: merged[k] for k in sorted(merged)}
+
+
 def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     """A row spec (variant + overrides) -> the cell's resolved knobs; equal cells get equal knobs."""
     variants = config.get("variants", {})
@@ -139,13 +219,17 @@ def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     knobs = dict(config.get("variant_defaults", {}))
     knobs.update(variants[name] or {})
     knobs.update({k: spec[k] for k in KNOBS if k in spec})
+    knobs["authors"] = _merged_authors(config, where, name, spec)
     missing = [k for k in KNOBS if k not in knobs]
     if missing:
         raise StudyError(f"config.yaml: {where}: no value for {missing} (add them to variant_defaults)")
     if not knobs["mhsam"]:
-        # The Baseline has no MHSAB: every branch knob is moot, so all Baselines dedupe to one cell.
+        # The Baseline has no MHSAB: every branch knob is moot, so all Baselines dedupe to one cell
+        # per reading (only the `authors` keys that touch the backbone, data or schedule remain).
+        authors = {k: v for k, v in knobs["authors"].items() if k in BASELINE_AUTHORS_KEYS}
         return {"mhsam": False, "K": 0, "lambda1": 0.0, "lambda2": 0.0, "lambda3": 0.0,
-                "gamma": DEFAULT_GAMMA, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"])}
+                "gamma": DEFAULT_GAMMA, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"]),
+                "authors": authors}
     for key in ("lambda1", "lambda2", "lambda3", "gamma"):
         knobs[key] = float(knobs[key])
     if knobs["lambda3"] == 0:
@@ -154,6 +238,35 @@ def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     if knobs["K"] < 1:
         raise StudyError(f"config.yaml: {where}: K must be >= 1, got {knobs['K']}")
     return knobs
+
+
+def authors_tags(authors: dict) -> list | None:
+    """The AUTHORS_TAGS an `authors` mapping is made of, in their fixed order; None when it holds a key
+    or value no tag covers."""
+    left = dict(authors)
+    tags = []
+    for tag, keys in AUTHORS_TAGS:
+        if all(k in left and left[k] == v for k, v in keys.items()):
+            tags.append(tag)
+            for k in keys:
+                del left[k]
+    return None if left else tags
+
+
+# The whole public-code reading (config.yaml's `authors_code`): named "-authors" in cell ids.
+FULL_READING = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "ls", "co", "sp", "in")
+
+
+def authors_suffix(authors: dict) -> str:
+    """'' (paper text), '-authors' (the whole public code), '-a.<tag>[.<tag>...]', or '-a.<digest>'."""
+    if not authors:
+        return ""
+    tags = authors_tags(authors)
+    if tags is None:
+        return "-a." + sha1(json.dumps(authors, sort_keys=True).encode()).hexdigest()[:8]
+    if tuple(tags) == FULL_READING:
+        return "-authors"
+    return "-a." + ".".join(tags)
 
 
 def cell_id(dataset: str, knobs: dict, seed: int) -> str:
@@ -174,6 +287,7 @@ def cell_id(dataset: str, knobs: dict, seed: int) -> str:
             arch += "-norlm"
         if not knobs["global_ce"]:
             arch += "-noce"
+    arch += authors_suffix(knobs.get("authors") or {})
     return f"{dataset}__{arch}__s{seed}"
 
 
@@ -189,6 +303,7 @@ def _check_sections(config: dict) -> None:
     """Keys of `variants`, `variant_defaults` and `workflow` (rows are checked as they expand)."""
     for name, knobs in (config.get("variants") or {}).items():
         check_keys(f"variants.{name}", knobs, KNOBS)
+        check_authors(f"variants.{name}", (knobs or {}).get("authors"))
     check_keys("variant_defaults", config.get("variant_defaults"), KNOBS)
     check_keys("workflow", config.get("workflow"), WORKFLOW_KEYS)
 
@@ -251,7 +366,7 @@ def build_study(config: dict, preset: str | None = None) -> Study:
                     cell.feeds.append(label)
                 ids.append(cid)
             rows.append(RowRef(source, tid, spec["row"], test_set, list(table["metrics"]), mode, ids,
-                               series, k))
+                               series, k, spec.get("paper_row")))
     study = Study(cfg, cells, rows)
     _check_cells(study)
     return study
@@ -268,7 +383,7 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
     """The cell's own part of the run config (merged over the shared recipe by the trainer)."""
     cfg = study.config
     k = cell.knobs
-    return {
+    own = {
         "name": cell.id,
         "seed": cell.seed,
         "model": {"mhsam": k["mhsam"], "num_heads": max(k["K"], 1), "fusion": k["fusion"],
@@ -280,6 +395,7 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
                              for t, m in sorted(cell.targets.items())}},
         "tracking": {"experiment": f"mhsa-{cfg['preset']}", "tags": {"feeds": "; ".join(cell.feeds)}},
     }
+    return deep_merge(own, _nest(k.get("authors") or {}))
 
 
 def load_config(path: str | Path) -> dict:

@@ -1,4 +1,5 @@
-"""Aggregate `results/runs/<cell>/metrics.json` into the paper's Tables I-XI.
+"""Aggregate `results/runs/<cell>/metrics.json` into the paper's Tables I-XI and the
+two-readings Tables XII-XIII.
 
 Every table is first built as a *tidy* frame (one line per method row x data set x metric, with
 `ours` (mean over seeds), `ours_std`, `n_seeds`, the `paper` value, `delta = ours - paper` and the
@@ -200,6 +201,24 @@ def _own_values(study: Study, table_id: str, metrics: dict, datasets: list, metr
     return values
 
 
+def _borrowed_paper_values(study: Study, table_id: str, spec: dict, paper: pd.DataFrame) -> dict:
+    """(row, data set, metric) -> the paper's number for rows with a `paper_row`: the paper has no
+    table of its own for them (XII, XIII), so the value is looked up in the paper table that
+    `spec["paper_tables"][data set]` names (e.g. Market-1501 -> Table I), under the row `paper_row`."""
+    sources = spec.get("paper_tables") or {}
+    index = {(t, r, d, m): v for t, r, d, m, v in
+             zip(paper["table"], paper["row"], paper["dataset"], paper["metric"], paper["value"], strict=True)}
+    out = {}
+    for ref in study.rows:
+        if ref.source != "table" or ref.table != table_id or not ref.paper_row or ref.dataset not in sources:
+            continue
+        for m in ref.metrics:
+            value = index.get((str(sources[ref.dataset]), ref.paper_row, ref.dataset, m))
+            if value is not None:
+                out[(ref.row, ref.dataset, m)] = value
+    return out
+
+
 def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per (row, data set, metric) of table `table_id`, in the paper's order.
 
@@ -216,6 +235,7 @@ def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame |
     paper_val = {
         (r, d, m): v for r, d, m, v in zip(tp["row"], tp["dataset"], tp["metric"], tp["value"], strict=True)
     }
+    paper_val.update(_borrowed_paper_values(study, table_id, spec, paper))
     other_rows = [r for r in dict.fromkeys(tp.loc[tp["own"] == 0, "row"]) if r not in own_rows]
     values = _own_values(study, table_id, metrics, datasets, metric_names)
     ref_of = reference_rows(own_rows)

@@ -35,7 +35,21 @@ def paper() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tables() -> dict:
-    return load_config(ROOT / "config.yaml")["tables"]
+    """The paper's own tables; XII and XIII (issue 12) borrow their paper numbers (`paper_tables`)."""
+    return {t: s for t, s in load_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" not in s}
+
+
+def test_borrowed_paper_rows_exist_for_every_metric(paper):
+    """Each `paper_row` of Tables XII/XIII names a row of the paper table it borrows from, with a value
+    for every metric of the borrowing table on that data set."""
+    borrowing = {t: s for t, s in load_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" in s}
+    assert set(borrowing) == {"XII", "XIII"}
+    for t, spec in borrowing.items():
+        assert not (paper.table == t).any(), t  # the CSV stays a transcription of the paper
+        for r in spec["rows"]:
+            for d, source in spec["paper_tables"].items():
+                for m in spec["metrics"]:
+                    value(paper, source, r["paper_row"], d, m)
 
 
 def value(paper, table, row, dataset, metric):

@@ -60,6 +60,18 @@ def test_key_sets_are_the_studys():
     assert DEFS["row"]["unevaluatedProperties"] is False and DEFS["knobs"]["unevaluatedProperties"] is False
 
 
+def test_table_names_are_the_studys_roman_numerals():
+    pattern = SCHEMA["properties"]["tables"]["propertyNames"]["pattern"]
+    assert pattern == "^(" + "|".join(study.ROMAN) + ")$"
+
+
+def test_authors_keys_in_the_schema_are_the_studys_sections():
+    pattern = re.compile(DEFS["knob_values"]["properties"]["authors"]["propertyNames"]["pattern"])
+    for _, keys in study.AUTHORS_TAGS:
+        assert all(pattern.match(k) for k in keys)
+    assert not pattern.match("attention_softmax") and not pattern.match("tracking.enabled")
+
+
 def _bounds(schema: dict) -> tuple[float | None, bool, float | None]:
     """(lower bound, lower bound exclusive?, upper bound) of a numeric schema."""
     if "exclusiveMinimum" in schema:
@@ -72,6 +84,7 @@ def _run_config_probe(section: str | None, key: str, value):
     # the height bound holds for both sides of the image
     if section == "data" and key in ("height", "width"):
         data["data"] = {"height": value, "width": value}
+        data["model"] = {"num_heads": 1}  # the smallest input has one feature-map position (K <= h*w)
     if section == "optim" and key == "epochs":  # warm-up must fit into the epochs
         data["optim"]["warmup_epochs"] = 0
     return build_run_config(data)

@@ -16,9 +16,11 @@ def config():
 
 
 def test_paper_grid_cell_count(config):
-    """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 1."""
+    """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 1
+    = 129; XII: the 3 public-code rows x 2 sets = 6 (the paper-text rows are Table I/II cells); XIII:
+    17 single-difference rows (the paper-text row and the all-on row are cells of II and XII)."""
     study = build_study(config, "paper")
-    assert len(study.cells) == 129  # Fig. 7's MHSAB (= mhsam_ihtl_fdrt) and MHSAB+ACM (= mhsa_net) reuse cells
+    assert len(study.cells) == 129 + 6 + 17  # Fig. 7's MHSAB and MHSAB+ACM reuse cells
     assert all(r.cells and all(c in study.cells for c in r.cells) for r in study.rows)
 
 
@@ -66,7 +68,7 @@ def test_bad_rows_are_named(config, row, message):
 
 
 def test_table_numbers():
-    assert [table_number(t) for t in ("I", "IV", "IX", "XI")] == [1, 4, 9, 11]
+    assert [table_number(t) for t in ("I", "IV", "IX", "XI", "XII", "XIII")] == [1, 4, 9, 11, 12, 13]
 
 
 def _with(config, **sections):
@@ -127,3 +129,130 @@ def test_gamma_defaults_come_from_the_competition_loss(config):
     assert cell_overrides(study, base)["loss"]["gamma"] == DEFAULT_GAMMA
     fdrt = study.cells["cuhk03_detected__mhsam-K8-fdrt1e-06__s0"]  # lambda3 = 0: gamma is moot
     assert cell_overrides(study, fdrt)["loss"]["gamma"] == config["variant_defaults"]["gamma"] == DEFAULT_GAMMA
+
+
+# ----------------------------------------------------------------------------- two readings (issue 12)
+
+FULL = "mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001"
+
+
+def _row_cells(study, table, row):
+    return {r.dataset: r.cells[0] for r in study.rows if r.table == table and r.row == row}
+
+
+def test_paper_text_rows_of_table_xii_are_the_paper_cells(config):
+    study = build_study(config, "paper")
+    assert _row_cells(study, "XII", "Baseline (paper text)") == {
+        "market1501": _row_cells(study, "I", "Baseline")["market1501"],
+        "occluded_duke": _row_cells(study, "II", "Baseline")["occluded_duke"]}
+    assert _row_cells(study, "XII", "MHSA-Net (K=8) (paper text)")["occluded_duke"] == \
+        _row_cells(study, "II", "MHSA-Net (K=8)")["occluded_duke"] == f"occluded_duke__{FULL}__s0"
+    assert _row_cells(study, "XIII", "paper text") == {"occluded_duke": f"occluded_duke__{FULL}__s0"}
+
+
+def test_public_code_rows_train_the_code_reading(config):
+    study = build_study(config, "paper")
+    full = config["variants"]["authors_code"]["authors"]
+    dagger = _row_cells(study, "XII", "MHSA-Net† (K=8) (public code)")
+    assert dagger == {d: f"{d}__mhsam-K8-fdrt0.0001-ihtl1-acm0.0001g0.001-noce-authors__s0"
+                      for d in ("market1501", "occluded_duke")}
+    # authors_code itself (the code as shipped) is MHSA-Net† under the code's reading: the same cell
+    assert study.cells[dagger["market1501"]].knobs == \
+        build_study(_with(config, tables={"XII": dict(config["tables"]["XII"], rows=[
+            {"row": "x", "variant": "authors_code"}])}), "paper").cells[dagger["market1501"]].knobs
+    cell = study.cells[dagger["occluded_duke"]]
+    o = cell_overrides(study, cell)
+    assert o["model"]["attention_softmax"] == "positions" and o["model"]["num_heads"] == 8
+    assert o["loss"]["lambda3"] == 1e-4 and o["loss"]["global_ce"] is False
+    assert o["loss"]["competition_reduction"] == "sum" and o["optim"]["warmup"] == "staircase"
+    assert o["eval"]["rerank_input"] == "euclidean" and set(o["eval"]["targets"]) == {"occluded_duke"}
+    assert {f"{s}.{k}" for s in ("model", "loss", "data", "optim", "eval") for k in o[s]} >= set(full)
+    net = _row_cells(study, "XII", "MHSA-Net (K=8) (public code)")["occluded_duke"]
+    assert net == "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.0001g0.001-authors__s0"
+    assert _row_cells(study, "XIII", "public code (all on; CE on q*)")["occluded_duke"] == net
+
+
+def test_baseline_under_the_code_reading_keeps_only_keys_that_touch_it(config):
+    study = build_study(config, "paper")
+    cid = _row_cells(study, "XII", "Baseline (public code)")["market1501"]
+    assert cid == "market1501__baseline-a.f.k.ls.co.in__s0"
+    assert study.cells[cid].knobs["authors"] == {
+        "data.random_erasing": 0.5, "loss.label_smoothing": 0.1, "model.extra_bottleneck": True,
+        "model.init": "authors", "optim.warmup": "staircase"}
+    # a Baseline row of the code reading with the MHSA-Net knobs set is still the same cell
+    cfg = copy.deepcopy(config)
+    cfg["tables"]["XII"]["rows"].append({"row": "y", "variant": "authors_code", "mhsam": False,
+                                         "global_ce": True})
+    assert len(build_study(cfg, "paper").cells) == len(study.cells)
+
+
+def test_ablation_rows_turn_on_one_difference_each(config):
+    study = build_study(config, "paper")
+    rows = [r for r in study.rows if r.table == "XIII"]
+    assert {r.dataset for r in rows} == {"occluded_duke"} and all(r.mode == "concat" for r in rows)
+    assert all(r.paper_row == "MHSA-Net (K=8)" for r in rows)
+    base = study.cells[f"occluded_duke__{FULL}__s0"].knobs
+    single = rows[1:-1]
+    assert len(single) == 17 and len({r.cells[0] for r in single}) == 17
+    for r in single:
+        knobs = study.cells[r.cells[0]].knobs
+        changed = {k for k in base if k != "authors" and knobs[k] != base[k]}
+        # one difference: a few `authors` keys of one tag (+ lambda3 for the competition forms)
+        tag = r.cells[0].split("-a.")[1].split("__")[0]
+        assert "." not in tag, r.row
+        assert changed == ({"lambda3"} if tag in ("j", "j2") else set()), r.row
+        assert knobs["authors"] and "eval.rerank_input" not in knobs["authors"]
+    a = study.cells[f"occluded_duke__{FULL}-a.a__s0"]
+    assert a.knobs["authors"] == {"model.attention_softmax": "positions"}
+    assert cell_overrides(study, a)["model"]["attention_softmax"] == "positions"
+    j2 = study.cells["occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm1e-06g0.001-a.j2__s0"]
+    assert cell_overrides(study, j2)["loss"]["competition_threshold"] == 1e-3
+
+
+def test_authors_rows_merge_into_the_variant_and_ids_are_deterministic(config):
+    from mhsa.study import authors_suffix
+
+    assert authors_suffix({}) == ""
+    assert authors_suffix({"loss.distance": "euclidean", "model.attention_softmax": "positions"}) == "-a.a.h"
+    assert authors_suffix(dict(config["variants"]["authors_code"]["authors"])) == "-authors"
+    odd = {"loss.distance": "euclidean", "loss.competition_threshold": 0.5}
+    assert authors_suffix(odd) == authors_suffix(dict(reversed(odd.items()))) and \
+        authors_suffix(odd).startswith("-a.") and len(authors_suffix(odd)) == 3 + 8
+    cfg = copy.deepcopy(config)
+    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[
+        {"row": "x", "variant": "mhsa_net_authors", "authors": {"loss.distance": "squared"}}])}
+    cfg["figures"] = {}
+    (cell,) = build_study(cfg, "paper").cells.values()
+    assert cell.knobs["authors"]["loss.distance"] == "squared"  # the row's value wins
+    assert cell.knobs["authors"]["model.attention_softmax"] == "positions"  # the variant's keys stay
+    # (h) reverted: no tag set covers the mapping, so the id carries its digest
+    digest = authors_suffix(cell.knobs["authors"])
+    assert cell.id == f"occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.0001g0.001{digest}__s0"
+    assert len(digest) == len("-a.") + 8
+
+
+@pytest.mark.parametrize("authors, message", [
+    ({"model.attention_sofmax": "positions"}, r"Table II / x: authors: .*model\.attention_sofmax"),
+    ({"model.attention_softmax": "everywhere"}, r"Table II / x: authors: .*attention_softmax"),
+    ({"attention_softmax": "positions"}, r"Table II / x: authors: 'attention_softmax' is not a dotted"),
+    ({"loss.lambda3": 1.0}, r"Table II / x: authors: 'loss\.lambda3' is set by a knob"),
+])
+def test_bad_authors_keys_are_rejected_naming_the_row(config, authors, message):
+    cfg = copy.deepcopy(config)
+    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[{"row": "x", "variant": "mhsa_net",
+                                                               "authors": authors}])}
+    with pytest.raises(StudyError, match=message):
+        build_study(cfg, "paper")
+
+
+def test_bad_authors_key_in_a_variant_is_rejected_even_unused(config):
+    cfg = copy.deepcopy(config)
+    cfg["variants"]["unused"] = {"authors": {"optim.warmpu": "staircase"}}
+    with pytest.raises(StudyError, match=r"variants\.unused: authors: .*optim\.warmpu"):
+        build_study(cfg, "ci")
+
+
+def test_two_readings_tables_run_in_paper_and_demo_not_ci(config):
+    for preset in ("paper", "demo"):
+        assert {"XII", "XIII"} <= set(build_study(config, preset).table_ids())
+    assert build_study(config, "ci").table_ids() == ["II", "IV", "VI", "VIII"]

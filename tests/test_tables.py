@@ -266,3 +266,75 @@ def test_build_all_and_cli(tmp_path, config, study, runs):
 def test_unknown_table(study, paper):
     with pytest.raises(KeyError):
         T.tidy_table(study, "I", {}, paper)  # not in the ci preset
+
+
+# ----------------------------------------------------------------------------- two readings (issue 12)
+
+
+@pytest.fixture(scope="module")
+def readings(tmp_path_factory):
+    """The demo study with one seed and a metrics.json for every cell of Tables XII and XIII whose value
+    encodes the cell: rank1 = 10 + its index in the study's cell list, mAP = rank1 / 2."""
+    cfg = load_config(ROOT / "config.yaml")
+    study = build_study(cfg, "demo")
+    ids = list(study.cells)
+    root = tmp_path_factory.mktemp("runs_readings")
+    for r in study.rows:
+        if r.table not in ("XII", "XIII"):
+            continue
+        for cid in r.cells:
+            v = 10.0 + ids.index(cid)
+            ev = {t: {m: {"rank1": v, "rank5": v + 1, "rank10": v + 2, "mAP": v / 2} for m in modes}
+                  for t, modes in study.cells[cid].targets.items()}
+            (root / cid).mkdir(exist_ok=True)
+            (root / cid / "metrics.json").write_text(json.dumps({"cell": cid, "eval": ev}))
+    return study, ids, root
+
+
+def test_paper_text_vs_public_code_table(readings, paper, tmp_path):
+    study, ids, root = readings
+    df = T.tidy_table(study, "XII", T.load_metrics(root), paper)
+    assert (df.own == 1).all()  # the paper has no Table XII: no reference methods
+    assert list(dict.fromkeys(df.row)) == [
+        "Baseline (paper text)", "MHSA-Net (K=8) (paper text)", "MHSA-Net† (K=8) (paper text)",
+        "Baseline (public code)", "MHSA-Net (K=8) (public code)", "MHSA-Net† (K=8) (public code)"]
+    cells = {
+        ("Baseline (paper text)", "market1501"): "market1501__baseline__s0",
+        ("Baseline (public code)", "occluded_duke"): "occluded_duke__baseline-a.f.k.ls.co.in__s0",
+        ("MHSA-Net (K=8) (paper text)", "occluded_duke"):
+            "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s0",
+        ("MHSA-Net† (K=8) (public code)", "market1501"):
+            "market1501__mhsam-K8-fdrt0.0001-ihtl1-acm0.0001g0.001-noce-authors__s0",
+    }
+    for (row, d), cid in cells.items():
+        assert line(df, row, d, "rank1")["ours"] == 10.0 + ids.index(cid)
+        assert line(df, row, d, "mAP")["ours"] == (10.0 + ids.index(cid)) / 2
+    # the paper's numbers: Table I on Market-1501, Table II on Occluded-DukeMTMC, the same for both readings
+    for reading in ("paper text", "public code"):
+        assert line(df, f"Baseline ({reading})", "market1501", "rank1")["paper"] == 92.0
+        assert line(df, f"Baseline ({reading})", "market1501", "mAP")["paper"] == 78.8
+        assert line(df, f"MHSA-Net (K=8) ({reading})", "occluded_duke", "rank1")["paper"] == 55.4
+        assert line(df, f"MHSA-Net† (K=8) ({reading})", "occluded_duke", "mAP")["paper"] == 43.1
+        assert line(df, f"MHSA-Net† (K=8) ({reading})", "market1501", "rank1")["paper"] == 94.3
+    d = line(df, "Baseline (public code)", "market1501", "rank1")
+    assert d["delta"] == pytest.approx(d["ours"] - 92.0)
+    paths = T.write_table(df, "XII", "Paper text vs public code", tmp_path, True, "demo")
+    assert [p.name for p in paths] == [f"table_12.{e}" for e in T.TABLE_FORMATS]
+    assert "MHSA-Net† (K=8) (public code)" in (tmp_path / "table_12.md").read_text()
+
+
+def test_one_difference_at_a_time_table(readings, paper):
+    study, ids, root = readings
+    df = T.tidy_table(study, "XIII", T.load_metrics(root), paper)
+    rows = list(dict.fromkeys(df.row))
+    assert len(rows) == 19 and rows[0] == "paper text" and (df.n_seeds == 1).all()
+    base = "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001"
+    for row, cid in [("paper text", f"{base}__s0"), ("+ (a) alpha softmax over positions", f"{base}-a.a__s0"),
+                     ("+ (h) Euclidean distances in the triplets", f"{base}-a.h__s0"),
+                     ("+ (j2) competition of utils/loss.py",
+                      "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm1e-06g0.001-a.j2__s0")]:
+        assert line(df, row, "occluded_duke", "rank10")["ours"] == 12.0 + ids.index(cid)
+    # every row stands beside the paper's MHSA-Net (K=8) on Occluded-DukeMTMC (Table II)
+    assert set(df.loc[df.metric == "rank1", "paper"]) == {55.4}
+    assert set(df.loc[df.metric == "rank5", "paper"]) == {70.2}
+    assert set(df.loc[df.metric == "mAP", "paper"]) == {42.4}
