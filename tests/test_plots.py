@@ -28,11 +28,11 @@ def is_png(path: Path) -> bool:
 def study():
     cfg = load_config(ROOT / "config.yaml")
     cfg["seeds"] = [0, 1]
-    cfg["presets"]["ci"]["tables"] = ["V", "VII", "IX", "X", "XI"]
-    cfg["presets"]["ci"]["figures"] = ["7", "9", "10"]
+    cfg["presets"]["demo"]["tables"] = ["V", "VII", "IX", "X", "XI"]
+    cfg["presets"]["demo"]["figures"] = ["7", "9", "10"]
     for fid in ("9", "10"):
         cfg["figures"][fid]["sweep"]["K"] = [6, 7, 8]
-    return build_study(cfg, "ci")
+    return build_study(cfg, "demo")
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +111,11 @@ def test_a_sweep_plot_is_a_config_edit(tmp_path):
     """Table VII drawn as a K sweep by adding a `plot:` entry (no code): the rows are the K's of
     Baseline+MHSAM, the reference the row without MHSAM; a bad knob is a ConfigError naming it."""
     cfg = load_config(ROOT / "config.yaml")
-    cfg["presets"]["ci"]["tables"] = ["VII"]
-    cfg["presets"]["ci"]["figures"] = []
+    cfg["presets"]["demo"]["tables"] = ["VII"]
+    cfg["presets"]["demo"]["figures"] = []
     cfg["tables"]["VII"]["plot"] = {"kind": "param_sweep",
                                     "panels": [{"x": "K", "reference": {"mhsam": False}, "label": "heads"}]}
-    study = build_study(cfg, "ci")
+    study = build_study(cfg, "demo")
     (panel,) = P.sweep_panels(study, "VII")
     for ds in ("market1501", "cuhk03_detected"):
         assert [study.cells[r.cells[0]].knobs["K"] for r in panel.rows if r.dataset == ds] == list(range(1, 10))
@@ -124,10 +124,10 @@ def test_a_sweep_plot_is_a_config_edit(tmp_path):
     assert [p.name for p in P.build_all_figures(study, tmp_path / "runs", tmp_path)] == ["table_7_K.png"]
     cfg["tables"]["VII"]["plot"]["panels"][0]["where"] = {"heads": 8}
     with pytest.raises(ConfigError, match=r"tables\.VII\.plot\.panels\[0\].*'heads'"):
-        P.sweep_panels(build_study(cfg, "ci"), "VII")
+        P.sweep_panels(build_study(cfg, "demo"), "VII")
     cfg["tables"]["VII"]["plot"]["kind"] = "bar_chart"
     with pytest.raises(ConfigError, match=r"tables\.VII\.plot\.kind is 'bar_chart'"):
-        P.build_all_figures(build_study(cfg, "ci"), tmp_path / "runs", tmp_path)
+        P.build_all_figures(build_study(cfg, "demo"), tmp_path / "runs", tmp_path)
 
 
 def test_plots_does_not_know_the_paper_by_name():
@@ -233,10 +233,10 @@ def test_attention_grid(tmp_path, study):
 
 def test_build_all_figures(tmp_path):
     cfg = load_config(ROOT / "config.yaml")
-    cfg["presets"]["ci"]["tables"] = ["IX"]
-    cfg["presets"]["ci"]["figures"] = ["9", "7"]
+    cfg["presets"]["demo"]["tables"] = ["IX"]
+    cfg["presets"]["demo"]["figures"] = ["9", "7"]
     cfg["figures"]["9"]["sweep"]["K"] = [8]
-    small = build_study(cfg, "ci")
+    small = build_study(cfg, "demo")
     runs = tmp_path / "runs"
     # no metrics.json and no attention maps: paper points only, Fig. 7 not drawn
     paths = P.build_all_figures(small, runs, tmp_path / "figs")
@@ -252,7 +252,7 @@ def test_build_all_figures(tmp_path):
 
     del cfg["figures"]["9"]["plot"]
     with pytest.raises(ConfigError, match=r"figures\.9 has no `plot"):
-        P.build_all_figures(build_study(cfg, "ci"), runs, tmp_path / "figs3")
+        P.build_all_figures(build_study(cfg, "demo"), runs, tmp_path / "figs3")
 
 
 # ----------------------------------------------------------------------------- the figures step and MLflow
