@@ -34,6 +34,7 @@ SETTINGS = {
     "e20_cov0": {"epochs": 20, "coverage": 0.0},
     "e20_cov65": {"epochs": 20, "coverage": 0.65},
     "e20_128x64": {"epochs": 20, "size": (128, 64)},
+    "ids128_e5": {"epochs": 5, "num_ids": 128},  # 4x the identities, the e20 number of iterations
     "e20_lambda0": {"epochs": 20, "methods": ("mhsam",)},
 }
 METHODS = {  # method -> (model/loss knobs, test mode of its table row)
@@ -41,6 +42,7 @@ METHODS = {  # method -> (model/loss knobs, test mode of its table row)
     "mhsa_net": ({"mhsam": True, "lambda1": 1.0e-4, "lambda2": 1.0, "lambda3": 1.0e-3}, "concat"),
     "mhsam": ({"mhsam": True, "lambda1": 0.0, "lambda2": 0.0, "lambda3": 0.0}, "concat"),
 }
+LARGE_TEST_IDS = 128
 ALL_MODES = ["global", "local", "concat"] + [f"head{i}" for i in range(1, 9)]
 
 
@@ -49,11 +51,12 @@ def cell_config(setting: str, method: str, seed: int, data_dir: Path) -> dict:
     knobs, _ = METHODS[method]
     h, w = s.get("size", (64, 32))
     epochs = s.get("epochs", 5)
-    synthetic = {"seed": DATA_SEED, "num_ids": 32, "images_per_id": 6, "height": h, "width": w}
+    num_ids = s.get("num_ids", 32)
+    synthetic = {"seed": DATA_SEED, "num_ids": num_ids, "images_per_id": 6, "height": h, "width": w}
     if "coverage" in s:
         synthetic["occlusion"] = {"coverage": [s["coverage"], s["coverage"]]}
     cov = "default" if "coverage" not in s else f"cov{round(s['coverage'] * 100)}"
-    root = str(data_dir / f"occluded_duke_{h}x{w}_{cov}")
+    root = str(data_dir / (f"occluded_duke_{h}x{w}_{cov}" + ("" if num_ids == 32 else f"_ids{num_ids}")))
     return {
         "name": f"{setting}__{method}__s{seed}", "seed": seed, "threads": 1, "checkpoint_every": epochs,
         "model": {"backbone": "resnet18", "pretrained": False, "last_stride": 1, "num_heads": 8,
@@ -97,7 +100,7 @@ def reeval(run_dir: Path, data_dir: Path, num_ids: int) -> dict:
     syn = dict(cfg.data.synthetic, num_ids=num_ids)
     cov = syn.get("occlusion", {}).get("coverage")
     root = data_dir / (f"occluded_duke_{cfg.data.height}x{cfg.data.width}_"
-                       f"{'default' if cov is None else f'cov{round(cov[0] * 100)}'}_test{num_ids}")
+                       f"{'default' if cov is None else f'cov{round(cov[0] * 100)}'}_ids{num_ids}")
     ds = ensure_data("occluded_duke", str(root), syn)
     m = cfg.model
     model = build_model(cfg.data.synthetic["num_ids"], num_heads=m.num_heads, backbone=m.backbone,
@@ -115,7 +118,12 @@ def load_runs(runs: Path) -> dict:
     out: dict = {}
     for path in sorted(runs.glob("*__*__s*/metrics.json")):
         setting, method, _ = path.parent.name.split("__")
-        out.setdefault((setting, method), []).append(json.loads(path.read_text()))
+        metrics = json.loads(path.read_text())
+        large = path.parent / f"reeval_{LARGE_TEST_IDS}.json"
+        if large.exists():  # the same checkpoint on the 4x larger test set (``reeval``)
+            metrics["eval_large"] = {"occluded_duke": json.loads(large.read_text())}
+        if "eval" in metrics:
+            out.setdefault((setting, method), []).append(metrics)
     return out
 
 
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("reeval")
     r.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     r.add_argument("--data", type=Path, required=True)
-    r.add_argument("--num-ids", type=int, default=128)
+    r.add_argument("--num-ids", type=int, default=LARGE_TEST_IDS)
     f = sub.add_parser("figure")
     f.add_argument("--runs", type=Path, required=True)
     f.add_argument("--out", type=Path, default=ROOT / "docs" / "demo-study-occlusion.png")
