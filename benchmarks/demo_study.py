@@ -127,25 +127,50 @@ def load_runs(runs: Path) -> dict:
     return out
 
 
-def rank1(metrics: dict, mode: str) -> float:
-    return metrics["eval"]["occluded_duke"][mode]["rank1"]
+def rank1(metrics: dict, mode: str, key: str = "eval") -> float:
+    return metrics[key]["occluded_duke"][mode]["rank1"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    m, s = mean_std(values)
+    return f"{m:.1f} +- {s:.1f}"
+
+
+def _gap(a: list[float], b: list[float]) -> str:
+    """MHSA-Net minus Baseline, and that difference in standard errors (mhsa.tables' noise test: the
+    tables mark |z| <= 2 as within seed noise)."""
+    if len(a) < 2 or len(b) < 2:
+        return "n/a"
+    d = statistics.fmean(a) - statistics.fmean(b)
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    return f"{d:+.1f} ({d / se:+.1f} SE)" if se > 0 else f"{d:+.1f}"
+
+
 def table(runs: Path) -> str:
+    """Rank-1 mean +- std over seeds, Baseline vs MHSA-Net (K=8; concat = the table's MHSA-Net row,
+    local = MHSA-Net*), on the setting's own test set and on the 4x larger one (``reeval``)."""
     data = load_runs(runs)
-    lines = ["| setting | method | mode | n | Rank-1 | mAP | train s/cell |", "|---|---|---|---|---|---|---|"]
-    for (setting, method), cells in sorted(data.items()):
-        modes = ["global"] if method == "baseline" else ["concat", "local", "global"]
-        for mode in modes:
-            r1 = mean_std([rank1(m, mode) for m in cells])
-            ap = mean_std([m["eval"]["occluded_duke"][mode]["mAP"] for m in cells])
-            sec = statistics.fmean(m["train"]["seconds"] for m in cells)
-            lines.append(f"| {setting} | {method} | {mode} | {len(cells)} | {r1[0]:.1f} +- {r1[1]:.1f} "
-                         f"| {ap[0]:.1f} +- {ap[1]:.1f} | {sec:.0f} |")
+    head = ["setting", "n", "test ids", "Baseline", "MHSA-Net", "MHSA-Net*", "MHSA-Net - Baseline",
+            "MHSA-Net* - Baseline", "train s/cell"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting in SETTINGS:
+        base, net = data.get((setting, "baseline"), []), data.get((setting, "mhsa_net"), [])
+        if not base and not net:
+            continue
+        sec = statistics.fmean(m["train"]["seconds"] for m in base + net)
+        for key in ("eval", "eval_large"):
+            b = [rank1(m, "global", key) for m in base if key in m]
+            c = [rank1(m, "concat", key) for m in net if key in m]
+            loc = [rank1(m, "local", key) for m in net if key in m]
+            ids = (base + net)[0]["config"]["data"]["synthetic"]["num_ids"] if key == "eval" else LARGE_TEST_IDS
+            lines.append(f"| {setting} | {len(b)}/{len(c)} | {ids} | {_cell(b)} | {_cell(c)} | {_cell(loc)} "
+                         f"| {_gap(c, b)} | {_gap(loc, b)} | {sec:.0f} |")
     return "\n".join(lines)
 
 
