@@ -69,6 +69,10 @@ def test_weighted_loss_curves_by_hand():
     assert out["weighted"]["fdrt"] == pytest.approx([5e-3, 2.5e-3])
     assert out["share"]["ce_global"] == pytest.approx([2.0 / 3.005, 1.0 / 3.0025])
     assert D.loss_weights({"global_ce": False})["ce_global"] == 0.0
+    from mhsa.config import LossConfig  # what the train loop passes (cfg.loss)
+
+    w = D.loss_weights(LossConfig(lambda1=2e-4, lambda2=0.5, lambda3=0.0, global_ce=False))
+    assert (w["fdrt"], w["ihtl"], w["competition"], w["ce_global"], w["triplet_residual"]) == (2e-4, 0.5, 0, 0, 1)
 
 
 def test_branch_metrics_best_and_mean_head():
