@@ -179,11 +179,16 @@ def figure(runs: Path, out: Path) -> None:
 
     data = load_runs(runs)
     levels = {"e20_cov0": 0.0, "e20": 0.35, "e20_cov65": 0.65}  # the default draws 0.2-0.5: mean 0.35
-    series = {}
-    for label, method, mode in (("Baseline", "baseline", "global"), ("MHSA-Net (K=8)", "mhsa_net", "concat"),
-                                ("MHSA-Net* (K=8, p* alone)", "mhsa_net", "local")):
-        series[label] = {cov: [rank1(m, mode) for m in data.get((s, method), [])] for s, cov in levels.items()}
-    rank1_vs_occlusion(series, out, title="Synthetic Occluded-DukeMTMC, 64x32, 20 epochs, 3 seeds")
+    panels = {}
+    for key, name in (("eval", "own test split (32 ids, 64 queries)"),
+                      ("eval_large", f"larger test split ({LARGE_TEST_IDS} ids, {2 * LARGE_TEST_IDS} queries)")):
+        series = {}
+        for label, method, mode in (("Baseline", "baseline", "global"), ("MHSA-Net (K=8)", "mhsa_net", "concat"),
+                                    ("MHSA-Net* (K=8)", "mhsa_net", "local")):
+            series[label] = {cov: [rank1(m, mode, key) for m in data.get((s, method), []) if key in m]
+                             for s, cov in levels.items()}
+        panels[name] = series
+    rank1_vs_occlusion(panels, out, title="Synthetic Occluded-DukeMTMC, 64x32, 20 epochs, ResNet-18 from scratch")
 
 
 def main(argv: list[str] | None = None) -> None:

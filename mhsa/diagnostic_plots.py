@@ -124,24 +124,33 @@ def family_figure(diags: Sequence[Mapping], out: str | Path, title: str = "") ->
     return _save(fig, out)
 
 
-def rank1_vs_occlusion(series: Mapping[str, Mapping[float, Sequence[float]]], out: str | Path,
-                       title: str = "") -> Path:
-    """``series``: label -> {occluded share of the body: [Rank-1 of each seed]}; mean +- std bars."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+def _occlusion_panel(ax, series: Mapping[str, Mapping[float, Sequence[float]]], title: str) -> None:
     for i, (label, points) in enumerate(series.items()):
         xs = sorted(x for x, v in points.items() if len(v))
         if not xs:
             continue
         stats = [_mean_std(points[x]) for x in xs]
-        n = min(len(points[x]) for x in xs)
+        n = sorted({len(points[x]) for x in xs})
         offset = (i - (len(series) - 1) / 2) * 0.008  # keep overlapping error bars apart
         ax.errorbar(np.array(xs) + offset, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4,
-                    marker="o", label=f"{label} (n={n})")
-    ax.set_xlabel("share of the body hidden by the occluder (query and occluded gallery/train images)")
+                    marker="o", label=f"{label} (n={'/'.join(map(str, n))})")
+    ax.set_xlabel("share of the body hidden by the occluder")
     ax.set_ylabel("Rank-1 (%), mean +- std over seeds")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+
+
+def rank1_vs_occlusion(panels: Mapping[str, Mapping[str, Mapping[float, Sequence[float]]]], out: str | Path,
+                       title: str = "") -> Path:
+    """``panels``: panel title -> {series label -> {occluded share of the body: [Rank-1 per seed]}};
+    one panel per entry (e.g. one per test set), points at the mean with +- std error bars."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False, sharey=True)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        _occlusion_panel(ax, series, panel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, out)
 
 

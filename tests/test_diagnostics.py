@@ -148,8 +148,8 @@ def test_family_figure_and_occlusion_curve(tmp_path):
     assert d["branches"]["branches"]["local"]["rank1"] == 40.0
     png = family_figure([d, d], tmp_path / "family.png", title="t")
     assert png.read_bytes()[:8] == PNG
-    curve = rank1_vs_occlusion({"Baseline": {0.0: [50, 52, 48], 0.35: [40, 41, 39]},
-                                "MHSA-Net": {0.0: [45, 47], 0.35: [44, 42]}}, tmp_path / "occ.png")
+    series = {"Baseline": {0.0: [50, 52, 48], 0.35: [40, 41, 39]}, "MHSA-Net": {0.0: [45, 47], 0.35: [44, 42]}}
+    curve = rank1_vs_occlusion({"own test set": series, "large test set": series}, tmp_path / "occ.png")
     assert curve.read_bytes()[:8] == PNG
 
 
