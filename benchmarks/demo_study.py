@@ -164,11 +164,12 @@ def table(runs: Path) -> str:
         if not base and not net:
             continue
         sec = statistics.fmean(m["train"]["seconds"] for m in base + net)
-        for key in ("eval", "eval_large"):
+        own_ids = (base + net)[0]["config"]["data"]["synthetic"]["num_ids"]
+        for key in ("eval", "eval_large") if own_ids != LARGE_TEST_IDS else ("eval",):
             b = [rank1(m, "global", key) for m in base if key in m]
             c = [rank1(m, "concat", key) for m in net if key in m]
             loc = [rank1(m, "local", key) for m in net if key in m]
-            ids = (base + net)[0]["config"]["data"]["synthetic"]["num_ids"] if key == "eval" else LARGE_TEST_IDS
+            ids = own_ids if key == "eval" else LARGE_TEST_IDS
             lines.append(f"| {setting} | {len(b)}/{len(c)} | {ids} | {_cell(b)} | {_cell(c)} | {_cell(loc)} "
                          f"| {_gap(c, b)} | {_gap(loc, b)} | {sec:.0f} |")
     return "\n".join(lines)
