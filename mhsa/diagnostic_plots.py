@@ -145,7 +145,8 @@ def rank1_vs_occlusion(panels: Mapping[str, Mapping[str, Mapping[float, Sequence
                        title: str = "") -> Path:
     """``panels``: panel title -> {series label -> {occluded share of the body: [Rank-1 per seed]}};
     one panel per entry (e.g. one per test set), points at the mean with +- std error bars."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), squeeze=False, sharex=True,
+                             sharey=True)
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         _occlusion_panel(ax, series, panel)
     if title:

@@ -20,7 +20,8 @@ def test_sanity_preset_is_table_ii_with_three_seeds_at_the_study_setting():
     assert sorted({c.seed for c in study.cells.values()}) == [0, 1, 2]
     assert {c.dataset for c in study.cells.values()} == {"occluded_duke"}
     recipe = study.config["recipe"]
-    assert (recipe["data"]["height"], recipe["data"]["width"], recipe["optim"]["epochs"]) == (64, 32, 20)
+    assert (recipe["data"]["height"], recipe["data"]["width"], recipe["optim"]["epochs"]) == (64, 32, 5)
+    assert study.config["synthetic"]["num_ids"] == 128  # the study's "ids128_e5" setting
     assert recipe["model"] == {"backbone": "resnet18", "pretrained": False, "last_stride": 1}
 
 
