@@ -186,6 +186,36 @@ SWEEPS = {
 }
 
 
+def diagnostics_table(runs: Path) -> str:
+    """Per MHSA-Net family (mean over seeds): heads in use, attention entropy, head overlap, the final
+    epoch's loss shares, and p*/q*/concat/best-head Rank-1 (``mhsa.diagnostics``)."""
+    from mhsa.diagnostic_plots import diagnostics_of_run
+
+    head = ["setting", "heads used (mass > 1/(4K))", "entropy / log n", "map overlap", "triplet_residual share",
+            "ihtl share", "CE terms + triplet_local share", "q* R1", "p* R1", "concat R1", "best head R1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting in SETTINGS:
+        dirs = sorted(p.parent for p in runs.glob(f"{setting}__mhsa_net__s*/metrics.json")
+                      if "eval" in json.loads(p.read_text()))
+        if not dirs:
+            continue
+        ds = [diagnostics_of_run(d) for d in dirs]
+        k = len(ds[0]["attention"]["mass"])
+        used = [sum(m > 1 / (4 * k) for m in d["attention"]["mass"]) for d in ds]
+        share = {t: statistics.fmean(d["losses"]["share"][t][-1] for d in ds) for t in ds[0]["losses"]["share"]}
+        br = [d["branches"]["branches"] for d in ds]
+        r1 = {m: statistics.fmean(b[m]["rank1"] for b in br) for m in ("global", "local", "concat")}
+        best = statistics.fmean(b["heads"]["best_rank1"] for b in br)
+        small = sum(share.get(t, 0.0) for t in ("ce_global", "ce_local", "triplet_local", "ce_residual"))
+        lines.append(
+            f"| {setting} | {'/'.join(map(str, used))} of {k} "
+            f"| {statistics.fmean(d['attention']['entropy_norm_mean'] for d in ds):.2f} "
+            f"| {statistics.fmean(d['attention']['overlap_mean'] for d in ds):.2f} "
+            f"| {share.get('triplet_residual', 0):.2f} | {share.get('ihtl', 0):.2f} | {small:.3f} "
+            f"| {r1['global']:.1f} | {r1['local']:.1f} | {r1['concat']:.1f} | {best:.1f} |")
+    return "\n".join(lines)
+
+
 def figure(runs: Path, out: Path) -> None:
     from mhsa.diagnostic_plots import rank1_vs_occlusion
 
@@ -214,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     t = sub.add_parser("table")
     t.add_argument("--runs", type=Path, required=True)
+    dg = sub.add_parser("diagnostics")
+    dg.add_argument("--runs", type=Path, required=True)
     r = sub.add_parser("reeval")
     r.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     r.add_argument("--data", type=Path, required=True)
@@ -231,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(run.name, " ".join(f"{k} {v['rank1']:.1f}" for k, v in res.items()), flush=True)
     elif args.cmd == "table":
         print(table(args.runs))
+    elif args.cmd == "diagnostics":
+        print(diagnostics_table(args.runs))
     else:
         figure(args.runs, args.out)
         print(args.out)
