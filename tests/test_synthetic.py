@@ -138,3 +138,76 @@ def test_cli_default_seed_is_the_dataset_seed(tmp_path):
           "--height", "32", "--width", "16"])
     direct = generate(tmp_path / "direct", "partial_ilids", seed=dataset_seed("partial_ilids"), **SMALL)
     assert tree_hash(tmp_path / "cli") == tree_hash(direct)
+
+
+# ---- occlusion knob (issue 14)
+# sha256 of the pixels of 40 occluded renders (all four occluder kinds occur), computed with the
+# generator as it was before the knob existed (commit 086cd3b): the defaults must draw the same images.
+PRE_KNOB_OCCLUDED_PIXELS = "c94aa644959b2cb32790e5e2eb0695ea4ba0bf2392423036420d66d36f1383f6"
+
+
+def _occluded_pixels_digest(**render_kw) -> str:
+    import numpy as np
+
+    from mhsa.data import synthetic as s
+
+    h = hashlib.sha256()
+    for n in range(40):
+        img = s.render(s._person(7, s.TRAIN, n % 5), s._camera(7, n % 3), s._rng(7, 19, n), 64, 32,
+                       occluded=True, seed=7, **render_kw)
+        h.update(np.asarray(img).tobytes())
+    return h.hexdigest()
+
+
+def test_default_occlusion_draws_the_pre_knob_images():
+    from mhsa.data.synthetic import Occlusion
+
+    assert _occluded_pixels_digest() == PRE_KNOB_OCCLUDED_PIXELS
+    assert _occluded_pixels_digest(occlusion=Occlusion()) == PRE_KNOB_OCCLUDED_PIXELS
+    assert _occluded_pixels_digest(occlusion=Occlusion(coverage=(0.5, 0.5))) != PRE_KNOB_OCCLUDED_PIXELS
+
+
+def test_default_occlusion_params_give_the_same_files_and_marker(tmp_path):
+    plain = generate(tmp_path / "plain", "occluded_duke", seed=3, **SMALL)
+    explicit = generate(tmp_path / "explicit", "occluded_duke", seed=3, **SMALL,
+                        occlusion={"coverage": [0.2, 0.5], "kinds": ["car", "pole", "blob", "person"],
+                                   "blob_height": [0.3, 0.75]})
+    assert tree_hash(plain) == tree_hash(explicit)
+    assert "occlusion" not in (plain / ".complete").read_text()
+    heavy = generate(tmp_path / "heavy", "occluded_duke", seed=3, **SMALL, occlusion={"coverage": [0.6, 0.6]})
+    assert tree_hash(heavy) != tree_hash(plain)
+    assert '"occlusion": {"coverage": [0.6, 0.6]}' in (heavy / ".complete").read_text()
+
+
+@pytest.mark.parametrize("kind", ["car", "pole"])
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.6])
+def test_coverage_is_the_share_of_the_body_box_hidden(kind, share):
+    """A car band from below and a pole band from one side hide `share` of the body box (up to the
+    one-pixel rounding of the box edges); measured on a blank image."""
+    import numpy as np
+    from PIL import Image
+
+    from mhsa.data.synthetic import Occlusion, _occlude, _rng
+
+    x0, y0, bw, bh = 20, 10, 24, 80
+    for n in range(6):
+        img = Image.new("RGBA", (64, 100), (0, 0, 0, 0))
+        _occlude(img, (x0, y0, bw, bh), _rng(5, n), 0, Occlusion(coverage=(share, share), kinds=(kind,)))
+        covered = np.asarray(img)[y0 : y0 + bh, x0 : x0 + bw, 3] > 0
+        tolerance = 1.5 / (bw if kind == "pole" else bh)  # the band edge may round into one more row/column
+        assert abs(covered.mean() - share) <= tolerance, (kind, share, covered.mean())
+
+
+def test_occlusion_kinds_and_bad_values():
+    from mhsa.data.synthetic import Occlusion
+
+    assert Occlusion.parse(None) == Occlusion()
+    assert Occlusion.parse({"kinds": ["blob"]}).kinds == ("blob",)
+    with pytest.raises(ValueError, match="occlusion.coverage"):
+        Occlusion.parse({"coverage": [0.5, 0.2]})
+    with pytest.raises(ValueError, match="occlusion.kinds"):
+        Occlusion.parse({"kinds": ["tram"]})
+    with pytest.raises(ValueError, match="occlusion.kinds"):
+        Occlusion.parse({"kinds": []})
+    with pytest.raises(ValueError, match="unknown key"):
+        Occlusion.parse({"share": 0.3})

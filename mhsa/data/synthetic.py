@@ -230,18 +230,65 @@ def _body_box(rng: np.random.Generator, p: Person, h: int, w: int):
     return x0, y0, bw, bh
 
 
-def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int) -> None:
-    """Cover 20-50 % of the body with a car, pole/wall, blob or another synthetic person."""
+# ---- occlusion knob (issue 14): how hard the occluded variant is. The defaults draw exactly what the
+# generator drew before the knob existed (same RNG calls in the same order), so default data sets
+# are byte-identical to earlier ones.
+OCCLUDER_KINDS = ("car", "pole", "blob", "person")
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """Occluders of the ``occluded`` variant.
+
+    ``coverage``: (lo, hi), share of the body box hidden, drawn uniformly per image (a fixed share:
+    lo == hi; 0 puts the occluder next to the body without covering it). ``kinds``: occluders drawn
+    uniformly among these (``car`` band from below, ``pole``/wall band from one side, ``blob``, another
+    ``person``). ``blob_height``: (lo, hi), where a blob's centre sits on the body, 0 = top, 1 = feet.
+    """
+
+    coverage: tuple = (0.2, 0.5)
+    kinds: tuple = OCCLUDER_KINDS
+    blob_height: tuple = (0.3, 0.75)
+
+    @classmethod
+    def parse(cls, spec: Occlusion | dict | None) -> Occlusion:
+        if isinstance(spec, Occlusion):
+            return spec
+        spec = dict(spec or {})
+        unknown = sorted(set(spec) - {"coverage", "kinds", "blob_height"})
+        if unknown:
+            raise ValueError(f"occlusion: unknown key(s) {unknown}; known: coverage, kinds, blob_height")
+        occ = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in spec.items()})
+        for key in ("coverage", "blob_height"):
+            lo_hi = getattr(occ, key)
+            if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+                raise ValueError(f"occlusion.{key}={list(lo_hi)!r}: expected [lo, hi] with 0 <= lo <= hi <= 1")
+        bad = [k for k in occ.kinds if k not in OCCLUDER_KINDS]
+        if not occ.kinds or bad:
+            raise ValueError(f"occlusion.kinds={list(occ.kinds)!r}: expected a non-empty subset of "
+                             f"{list(OCCLUDER_KINDS)}")
+        return occ
+
+    def non_default(self) -> dict:
+        """The fields that differ from the defaults (recorded in the data set's marker)."""
+        default = Occlusion()
+        return {k: list(getattr(self, k)) for k in ("coverage", "kinds", "blob_height")
+                if getattr(self, k) != getattr(default, k)}
+
+
+def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int, occ: Occlusion = Occlusion()) -> None:
+    """Cover ``occ.coverage`` of the body with a car, pole/wall, blob or another synthetic person."""
     x0, y0, bw, bh = box
-    frac = rng.uniform(0.2, 0.5)
-    kind = int(rng.integers(4))
+    frac = rng.uniform(*occ.coverage)
+    kind = OCCLUDER_KINDS.index(occ.kinds[int(rng.integers(len(occ.kinds)))])
     d = ImageDraw.Draw(img)
     colour = _colour(rng, 0.15, 0.95)
     if kind == 0:  # car / bench / bike in front of the legs: bottom band
         top = y0 + bh * (1 - frac)
         d.rounded_rectangle([x0 - bw * 0.6, top, x0 + bw * 1.6, img.height + 4], radius=4, fill=colour)
         window = _colour(rng, 0.1, 0.5)
-        d.rectangle([x0 - bw * 0.3, top + 2, x0 + bw * 1.3, top + bh * frac * 0.35], fill=window)
+        # max(): a tiny coverage would give an inverted box (the defaults never do)
+        d.rectangle([x0 - bw * 0.3, top + 2, x0 + bw * 1.3, max(top + 2, top + bh * frac * 0.35)], fill=window)
     elif kind == 1:  # pole, tree or wall edge: vertical band from one side
         if rng.random() < 0.5:
             d.rectangle([-1, 0, x0 + bw * frac, img.height], fill=colour)
@@ -249,7 +296,7 @@ def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int) -> None
             d.rectangle([x0 + bw * (1 - frac), 0, img.width + 1, img.height], fill=colour)
     elif kind == 2:  # blob (umbrella, plant, sign) over the torso or legs
         r = np.sqrt(frac * bw * bh / np.pi)
-        cy = y0 + bh * rng.uniform(0.3, 0.75)
+        cy = y0 + bh * rng.uniform(*occ.blob_height)
         cx = x0 + bw * rng.uniform(0.2, 0.8)
         d.ellipse([cx - r * 1.2, cy - r / 1.2, cx + r * 1.2, cy + r / 1.2], fill=colour)
     else:  # another pedestrian walking past, shifted sideways so that ``frac`` of the body is hidden
@@ -261,7 +308,7 @@ def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int) -> None
 
 def render(
     person: Person, camera: Camera, rng: np.random.Generator, height: int, width: int,
-    occluded: bool = False, partial: bool = False, seed: int = 0,
+    occluded: bool = False, partial: bool = False, seed: int = 0, occlusion: Occlusion = Occlusion(),
 ) -> Image.Image:
     """One RGB image of ``person`` seen by ``camera``; all per-image randomness comes from ``rng``."""
     img = Image.fromarray(_background(camera, rng, height, width).astype(np.uint8)).convert("RGBA")
@@ -275,7 +322,7 @@ def render(
         box = (width - box[0] - box[2], box[1], box[2], box[3])
     img.alpha_composite(layer)
     if occluded:
-        _occlude(img, box, rng, seed)
+        _occlude(img, box, rng, seed, occlusion)
     img = img.convert("RGB")
     if partial:  # keep the top or left 40-70 % of the body, resized like Partial-REID probes
         x0, y0, bw, bh = box
@@ -444,14 +491,16 @@ def _plan(params: dict, rng: np.random.Generator) -> list[_Shot]:
     return _market_style_plan(layout, variant, seed, num_ids, per_id, cams, rng)
 
 
-def _write_images(out: Path, params: dict, shots: list[_Shot]) -> None:
+def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlusion | None = None) -> None:
     seed, layout, height, width = params["seed"], params["layout"], params["height"], params["width"]
+    occlusion = Occlusion() if occlusion is None else occlusion
     cameras = [_camera(seed, c) for c in range(params["num_cams"])]
     people: dict[tuple[int, int], Person] = {}
     for n, shot in enumerate(shots):
         person = people.setdefault((shot.role, shot.index), _person(seed, shot.role, shot.index))
         img_rng = _rng(seed, 19, zlib.crc32(layout.encode()), n)
-        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed)
+        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed,
+                     occlusion)
         path = out / shot.rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".png":
@@ -471,6 +520,7 @@ def generate(
     width: int = 64,
     variant: str | None = None,
     overwrite: bool = False,
+    occlusion: Occlusion | dict | None = None,
 ) -> Path:
     """Write a synthetic ``layout`` data set into the folder ``root`` and return it (``load`` reads it).
 
@@ -480,14 +530,18 @@ def generate(
     set's camera count. A finished data set (``root/.complete``, written last, same parameters) is
     left alone unless ``overwrite``; an unfinished or differently parameterised synthetic one is
     regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
-    ``dataset_seed(layout)`` is the seed the workflow and the trainer use.
+    ``dataset_seed(layout)`` is the seed the workflow and the trainer use. ``occlusion`` (an ``Occlusion``
+    or a dict of its fields) sets the occluded variant's difficulty.
     """
     params = generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant)
+    occlusion = Occlusion.parse(occlusion)
+    if occlusion.non_default():  # recorded only when set, so default data sets keep their marker
+        params["occlusion"] = occlusion.non_default()
     out = Path(root)
     if not _prepare(out, params, overwrite):
         return out
     rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(params["variant"].encode()))
-    _write_images(out, params, _plan(params, rng))
+    _write_images(out, params, _plan(params, rng), occlusion)
     (out / "README.txt").write_text(_readme(layout, params))
     # last: a crash before this regenerates
     (out / COMPLETE_MARKER).write_text(json.dumps(params, sort_keys=True))
