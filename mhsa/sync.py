@@ -34,6 +34,15 @@ def _number(v) -> bool:
     return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """The final numbers of a metrics.json as MLflow metrics (logged at the last epoch):
+    `<test set>.<mode>.<metric>` and `train.<key>`. `mhsa.train` logs these, `sync-mlflow` replays them."""
+    final = {f"{t}.{mode}.{k}": float(v) for t, modes in metrics.get("eval", {}).items()
+             for mode, ms in modes.items() for k, v in ms.items() if _number(v)}
+    final.update({f"train.{k}": float(v) for k, v in metrics.get("train", {}).items() if _number(v)})
+    return final
+
+
 def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
     """metric name -> {step: value}: per-epoch history, then the final metrics at the last epoch."""
     points: dict[str, dict[int, float]] = {}
@@ -42,14 +51,8 @@ def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
             if k != "epoch" and _number(v):
                 points.setdefault(_name(k), {})[int(row["epoch"])] = float(v)
     last = int(metrics["train"]["epochs"])
-    for t, modes in metrics.get("eval", {}).items():
-        for mode, ms in modes.items():
-            for k, v in ms.items():
-                if _number(v):
-                    points.setdefault(_name(f"{t}.{mode}.{k}"), {})[last] = float(v)
-    for k, v in metrics.get("train", {}).items():
-        if _number(v):
-            points.setdefault(_name(f"train.{k}"), {})[last] = float(v)
+    for k, v in final_metrics(metrics).items():
+        points.setdefault(_name(k), {})[last] = v
     return points
 
 
