@@ -83,7 +83,9 @@ def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
     from mlflow.entities import Metric, Param
 
     have = client.get_run(run_id).data.params
-    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items()) if k not in have]
+    # As CellTracker.start: tracking settings are tags, not hyperparameters.
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items())
+              if k not in have and not k.startswith("tracking.")]
     now, new = int(time.time() * 1000), []
     for key, steps in metric_points(metrics).items():
         logged = {m.step for m in client.get_metric_history(run_id, key)}

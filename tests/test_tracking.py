@@ -182,18 +182,23 @@ def test_four_cli_cells_on_a_fresh_store_and_a_fresh_data_root(tmp_path, attempt
     uri, data = f"sqlite:///{tmp_path / 'fresh.db'}", str(tmp_path / "synthetic" / "market1501")
     where = ["--set", f"data.root={data}", "--set", f"eval.targets.market1501.root={data}"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    out = [tmp_path / "results" / "runs" / f"o{i}" for i in range(4)]
     procs = [subprocess.Popen([sys.executable, "-m", "mhsa", "train", "mhsa/configs/smoke.yaml", *TINY_CELL,
-                               *where, "--out", str(tmp_path / f"o{i}")], cwd=REPO, env=env,
+                               *where, "--out", str(out[i])], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(4)]
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert all("WARNING" not in e for e in errors), errors  # tracking never switched itself off
     runs = runs_of(uri, "smoke")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
-    recorded = {json.loads((tmp_path / f"o{i}" / "metrics.json").read_text())["train"]["mlflow_run_id"]
-                for i in range(4)}
+    recorded = {json.loads((o / "metrics.json").read_text())["train"]["mlflow_run_id"] for o in out}
     assert recorded == {r.info.run_id for r in runs}  # one run per cell, each the one its cell names
     assert all(r.data.metrics.get("market1501.global.mAP") is not None for r in runs)
+    if attempt == 0:  # training logged every param, point and file that sync-mlflow would replay
+        from mhsa.sync import sync_results
+
+        done = sync_results(tmp_path / "results", uri)
+        assert all(v.startswith("up to date") and "0 item(s)" in v for v in done.values()), done
 
 
 # ------------------------------------------------------------------------ job environment
