@@ -298,6 +298,7 @@ def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
     _check("eval.rerank_k1", e.rerank_k1 >= 1, f"must be >= 1, got {e.rerank_k1}")
     _check("eval.rerank_k2", e.rerank_k2 >= 1, f"must be >= 1, got {e.rerank_k2}")
     _check("eval.rerank_lambda", 0 <= e.rerank_lambda <= 1, f"a weight in [0, 1], got {e.rerank_lambda}")
+    e.targets = e.targets or {}  # `--set eval.targets=null`: no targets, i.e. the training set's own test split
     for name, target in e.targets.items():
         key = f"eval.targets.{name}"
         _check(key, isinstance(target, dict) and "root" in target, "each target needs a `root` (and optional `modes`)")

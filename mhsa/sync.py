@@ -34,6 +34,15 @@ def _number(v) -> bool:
     return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """The final numbers of a metrics.json as MLflow metrics (logged at the last epoch):
+    `<test set>.<mode>.<metric>` and `train.<key>`. `mhsa.train` logs these, `sync-mlflow` replays them."""
+    final = {f"{t}.{mode}.{k}": float(v) for t, modes in metrics.get("eval", {}).items()
+             for mode, ms in modes.items() for k, v in ms.items() if _number(v)}
+    final.update({f"train.{k}": float(v) for k, v in metrics.get("train", {}).items() if _number(v)})
+    return final
+
+
 def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
     """metric name -> {step: value}: per-epoch history, then the final metrics at the last epoch."""
     points: dict[str, dict[int, float]] = {}
@@ -42,14 +51,8 @@ def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
             if k != "epoch" and _number(v):
                 points.setdefault(_name(k), {})[int(row["epoch"])] = float(v)
     last = int(metrics["train"]["epochs"])
-    for t, modes in metrics.get("eval", {}).items():
-        for mode, ms in modes.items():
-            for k, v in ms.items():
-                if _number(v):
-                    points.setdefault(_name(f"{t}.{mode}.{k}"), {})[last] = float(v)
-    for k, v in metrics.get("train", {}).items():
-        if _number(v):
-            points.setdefault(_name(f"train.{k}"), {})[last] = float(v)
+    for k, v in final_metrics(metrics).items():
+        points.setdefault(_name(k), {})[last] = v
     return points
 
 
@@ -80,7 +83,9 @@ def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
     from mlflow.entities import Metric, Param
 
     have = client.get_run(run_id).data.params
-    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items()) if k not in have]
+    # As CellTracker.start: tracking settings are tags, not hyperparameters.
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items())
+              if k not in have and not k.startswith("tracking.")]
     now, new = int(time.time() * 1000), []
     for key, steps in metric_points(metrics).items():
         logged = {m.step for m in client.get_metric_history(run_id, key)}

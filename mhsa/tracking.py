@@ -20,7 +20,6 @@ finished cells into the store later.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import json
@@ -37,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mhsa.config import flatten
+from mhsa.file_lock import held
 
 log = logging.getLogger("mhsa.tracking")
 
@@ -107,13 +107,8 @@ def store_lock(uri: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with held(db.with_name(db.name + ".lock")):
+        yield
 
 
 def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> str | None:

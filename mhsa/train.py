@@ -49,6 +49,7 @@ from mhsa.model.build import build_model_from_config
 from mhsa.optim import lr_at, make_optimizer, set_lr
 from mhsa.progress import Progress
 from mhsa.provenance import environment
+from mhsa.sync import final_metrics
 from mhsa.tracking import CellTracker, run_key
 
 log = logging.getLogger("mhsa.train")
@@ -490,10 +491,6 @@ def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Pat
     save_config(cfg, out_dir / "config.yaml")
     if not tracker.enabled:
         return
-    final = {f"{t}.{mode}.{k}": v for t, r in metrics["eval"].items() for mode, ms in r.items()
-             for k, v in ms.items() if isinstance(v, float | int) and math.isfinite(v)}
-    final.update({f"train.{k}": v for k, v in metrics["train"].items()
-                  if isinstance(v, float | int) and not isinstance(v, bool)})
-    tracker.log_metrics(final, step=cfg.optim.epochs)
+    tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)  # the names sync-mlflow replays
     for name in ("config.yaml", "metrics.json"):
         tracker.log_artifact(out_dir / name)

@@ -222,7 +222,8 @@ def test_open_split_follows_the_config(ds, tmp_path):
 
     def cfg(cache, max_gb=4.0):
         return build_run_config({"data": {"height": H, "width": W, "cache": cache, "cache_max_gb": max_gb,
-                                          "cache_dir": str(tmp_path)}}).data
+                                          "cache_dir": str(tmp_path)},
+                                 "model": {"num_heads": 4}}).data  # K <= the 3x2 map's 6 positions
 
     assert open_split(cfg(False), "market1501", ds.root, "train", ds.train) is None
     assert open_split(cfg("auto", max_gb=1e-6), "market1501", ds.root, "train", ds.train) is None

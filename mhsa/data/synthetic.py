@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from mhsa.errors import ConfigError
+from mhsa.file_lock import held
+from mhsa.io import atomic_write_text
 
 from .datasets import UnknownDatasetError, load, names
 
@@ -468,10 +470,17 @@ def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, wid
                 height=height, width=width, variant=variant)
 
 
+def _marker(out: Path) -> dict | None:
+    try:
+        return json.loads((out / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):  # a marker cut short by an older, non-atomic writer
+        return None
+
+
 def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
     """False when ``out`` already holds this data set; else empties it (only ever what this generator
     wrote: never a real data set that happens to be there) and returns True."""
-    if not overwrite and is_complete(out) and json.loads((out / COMPLETE_MARKER).read_text()) == params:
+    if not overwrite and is_complete(out) and _marker(out) == params:
         return False
     if out.exists():
         if any(out.iterdir()) and not (out / "README.txt").is_file():
@@ -538,14 +547,26 @@ def generate(
     if occlusion.non_default():  # recorded only when set, so default data sets keep their marker
         params["occlusion"] = occlusion.non_default()
     out = Path(root)
-    if not _prepare(out, params, overwrite):
-        return out
-    rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(params["variant"].encode()))
-    _write_images(out, params, _plan(params, rng), occlusion)
-    (out / "README.txt").write_text(_readme(layout, params))
-    # last: a crash before this regenerates
-    (out / COMPLETE_MARKER).write_text(json.dumps(params, sort_keys=True))
+    # Several trainers may start on a fresh root together: one generates, the others wait here and
+    # then find it complete (`_prepare` looks again under the lock).
+    with held(lock_path(out)):
+        if not _prepare(out, params, overwrite):
+            return out
+        # README first: it marks the folder as ours, so an interrupted generation is regenerated
+        # (not refused as a foreign data set); the marker last and atomically: only a finished
+        # data set looks complete.
+        (out / "README.txt").write_text(_readme(layout, params))
+        rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(params["variant"].encode()))
+        _write_images(out, params, _plan(params, rng), occlusion)
+        atomic_write_text(out / COMPLETE_MARKER, json.dumps(params, sort_keys=True))
     return out
+
+
+def lock_path(root: str | Path) -> Path:
+    """The lock that serialises generators of one data set folder: beside it (the folder itself
+    is emptied when regenerated)."""
+    root = Path(root).resolve()
+    return root.parent / f".{root.name}.lock"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,7 +587,8 @@ def main(argv: list[str] | None = None) -> None:
     for layout in layouts:
         out = generate(
             args.root if len(layouts) == 1 else Path(args.root) / layout, layout,
-            seed=dataset_seed(layout) if args.seed is None else args.seed, num_ids=args.num_ids, images_per_id=args.images_per_id,
+            seed=dataset_seed(layout) if args.seed is None else args.seed, num_ids=args.num_ids,
+            images_per_id=args.images_per_id,
             num_cams=args.num_cams, height=args.height, width=args.width, variant=args.variant,
             overwrite=args.overwrite,
         )
