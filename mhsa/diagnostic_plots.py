@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -153,6 +154,14 @@ def rank1_vs_occlusion(panels: Mapping[str, Mapping[str, Mapping[float, Sequence
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def cell_families(run_dirs) -> dict:
+    """Run dirs grouped by cell family: the cell id without its ``__s<seed>`` suffix."""
+    families: dict[str, list[Path]] = {}
+    for d in sorted(Path(r) for r in run_dirs):
+        families.setdefault(re.sub(r"__s\d+$", "", d.name), []).append(d)
+    return families
 
 
 def diagnostics_of_run(run_dir: str | Path) -> dict:

@@ -21,6 +21,7 @@ import yaml
 
 from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
 from mhsa.data.synthetic import PRESET_PARAMS
+from mhsa.evaluation.modes import default_modes
 from mhsa.switches import DEFAULT_GAMMA
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
@@ -379,6 +380,14 @@ def dataset_root(config: dict, name: str) -> str:
     return str(config["datasets"][name]["root"])
 
 
+def branch_modes(knobs: dict) -> set:
+    """Every branch on its own (q*, p*, [p*, q*], each head P_i): evaluated for every cell, whatever its
+    rows need, so a cell's diagnostics can say which branch carries it (features are extracted once)."""
+    if not knobs["mhsam"]:
+        return {"global"}
+    return set(default_modes(True)) | {f"head{i}" for i in range(1, knobs["K"] + 1)}
+
+
 def cell_overrides(study: Study, cell: Cell) -> dict:
     """The cell's own part of the run config (merged over the shared recipe by the trainer)."""
     cfg = study.config
@@ -391,7 +400,7 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
         "loss": {"lambda1": k["lambda1"], "lambda2": k["lambda2"], "lambda3": k["lambda3"],
                  "gamma": k["gamma"], "global_ce": k["global_ce"]},
         "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset)},
-        "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(m)}
+        "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(set(m) | branch_modes(k))}
                              for t, m in sorted(cell.targets.items())}},
         "tracking": {"experiment": f"mhsa-{cfg['preset']}", "tags": {"feeds": "; ".join(cell.feeds)}},
     }

@@ -40,6 +40,7 @@ from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from mhsa.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.errors import DataError, DeviceError
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.evaluation.modes import base_modes, default_modes
@@ -221,8 +222,11 @@ def attention_maps(cfg: RunConfig, model, ds, device: torch.device) -> dict:
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
     images = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return {"images": images.cpu().numpy(), "alpha": alpha.cpu().numpy(),
-            "pids": np.array([i[1] for i in items])}
+    arrays = {"images": images.cpu().numpy(), "alpha": alpha.cpu().numpy(),
+              "pids": np.array([i[1] for i in items])}
+    if "heads" in out:  # P of the same images: the diagnostics' FDRT overlap
+        arrays["heads"] = out["heads"].float().cpu().numpy()
+    return arrays
 
 
 # ---------------------------------------------------------------------------- train
@@ -476,6 +480,7 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
                   "mlflow_run_id": cell.run_id, **env},
         "history": cell.history,
     }
+    metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)
     _log_final(tracker, cfg, metrics, out_dir)
     return metrics
@@ -492,5 +497,8 @@ def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Pat
     if not tracker.enabled:
         return
     tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)  # the names sync-mlflow replays
+    tracker.log_metrics(flat_metrics(metrics["diagnostics"]), step=cfg.optim.epochs)
+    for epoch, values in weighted_loss_steps(metrics["diagnostics"]):
+        tracker.log_metrics(values, step=epoch)
     for name in ("config.yaml", "metrics.json"):
         tracker.log_artifact(out_dir / name)

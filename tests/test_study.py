@@ -256,3 +256,15 @@ def test_two_readings_tables_run_in_paper_and_demo_not_ci(config):
     for preset in ("paper", "demo"):
         assert {"XII", "XIII"} <= set(build_study(config, preset).table_ids())
     assert build_study(config, "ci").table_ids() == ["II", "IV", "VI", "VIII"]
+
+
+def test_every_cell_is_evaluated_in_every_branch(config):
+    """Per-branch diagnostics (issue 14): q*, p*, [p*, q*] and each head, whatever the rows need."""
+    study = build_study(config, "ci")
+    for cell in study.cells.values():
+        for target in cell_overrides(study, cell)["eval"]["targets"].values():
+            if cell.knobs["mhsam"]:
+                K = cell.knobs["K"]
+                assert {"global", "local", "concat", *(f"head{i}" for i in range(1, K + 1))} <= set(target["modes"])
+            else:
+                assert "global" in target["modes"]

@@ -63,6 +63,11 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert {"ce_global", "ce_local", "triplet_local", "fdrt", "ihtl", "competition"} <= set(saved["history"][0])
     assert (tmp_path / "a" / "attention.npz").exists() and (tmp_path / "a" / "config.yaml").exists()
     assert not (tmp_path / "a" / "attention.png").exists()  # the figures step draws it, not training
+    diag = saved["diagnostics"]  # issue 14: branches, attention entropy/overlap, weighted loss curves
+    assert diag["branches"]["target"] == "market1501"
+    assert diag["branches"]["branches"]["global"]["rank1"] == saved["eval"]["market1501"]["global"]["rank1"]
+    assert 0 <= diag["attention"]["entropy_norm_mean"] <= 1
+    assert diag["losses"]["epochs"] == [1, 2, 3] and set(diag["losses"]["weighted"]) >= {"fdrt", "ihtl"}
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 

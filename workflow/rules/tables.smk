@@ -32,3 +32,19 @@ rule tables:
         tables_dir=tables_dir_from_output,
     script:
         "../scripts/tables.py"
+
+
+# Diagnostics of every cell family (the seeds of one configuration): per-branch Rank-1, attention
+# entropy and head overlap, weighted loss curves. Not part of `tables` (a figure per family costs
+# seconds): `snakemake diagnostics --cores 2`.
+rule diagnostics:
+    input:
+        metrics=all_metrics(),
+    output:
+        directory(f"{RESULTS}/figures/diagnostics"),
+    log:
+        f"{RESULTS}/logs/diagnostics.log",
+    conda:
+        "../../envs/mhsa.yaml"
+    script:
+        "../scripts/diagnostics.py"
