@@ -44,8 +44,8 @@ def test_interrupted_generation_is_not_complete_and_is_regenerated(tmp_path, mon
     root = tmp_path / "market1501"
     real = synthetic._write_images
 
-    def crash_half_way(out, params, shots):
-        real(out, params, shots[: len(shots) // 2])
+    def crash_half_way(out, params, shots, *rest):
+        real(out, params, shots[: len(shots) // 2], *rest)
         raise KeyboardInterrupt  # stands for a kill mid-generation
 
     monkeypatch.setattr(synthetic, "_write_images", crash_half_way)

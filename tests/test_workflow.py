@@ -161,9 +161,10 @@ def test_params_trigger_granularity(finished):
     edit_config(wf, "plot: {kind: attention_grid, max_images: 6}", "plot: {kind: attention_grid, max_images: 4}")
     assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
 
-    # A new test mode for a cell is a param change of that cell only (re-evaluation).
+    # A new test mode for a cell is a param change of that cell only (re-evaluation). Every branch
+    # (global, local, concat, head<i>) is always evaluated, so the new mode is a re-ranked one.
     edit_config(wf, 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2}',
-                'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2, mode: local}')
+                'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2, mode: local_rerank}')
     proc = snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")
     assert job_counts(proc) == {"train_cell": 1, "tables": 1}
     assert scheduled_cells(proc) == {"cuhk03_detected__mhsam-K8-fdrt0.01__s0"}

@@ -269,8 +269,9 @@ def pending_cells():
 
 
 def check_real_data():
-    """onstart (real runs only, never -n): stop before any job when a needed root is absent."""
-    if SYNTHETIC:
+    """onstart (real runs only, never -n): stop before any job when a needed data set has problems.
+    `--touch` only marks outputs as current and trains nothing, so it needs no data."""
+    if SYNTHETIC or workflow.touch:
         return
     from mhsa.data.check import check_datasets  # parse + statistics of every set, all problems at once
 
