@@ -274,7 +274,8 @@ def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
              (None, [png], {}), (r2, [png], {"feeds": "Table III / w"})]
     with caplog.at_level("WARNING", logger="mhsa.tracking"):
         assert log_run_artifacts(uri, items) == 2
-    assert [r.message.count("0" * 32) for r in caplog.records] == [1]  # the missing run, named once
+    # the missing run, named in exactly one warning (other mhsa.tracking warnings may come with it)
+    assert sum(r.message.count("0" * 32) for r in caplog.records) == 1
     for run_id, feeds in ((r1, "Table I / x; Table II / y"), (r2, "Table III / w")):
         assert [a.path for a in client.list_artifacts(run_id)] == ["attention.png"]
         assert client.get_run(run_id).data.tags["feeds"] == feeds
