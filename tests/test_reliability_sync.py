@@ -92,7 +92,8 @@ def test_sync_completes_a_partly_tracked_run_without_duplicates(tmp_path, capsys
     results, uri = tmp_path / "results", f"sqlite:///{tmp_path / 'store.db'}"
     m = _cell(results, "cellC", "expC", 3)
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("expC")
+    # an artifact location of its own: MLflow's default is ./mlruns of the working directory
+    exp_id = client.create_experiment("expC", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(exp_id, run_name="cellC", tags={"cell": "cellC"})
     client.log_batch(run.info.run_id, metrics=[Metric("loss", 10.0, 0, 1)])
     proc = _sync(results, uri, capsys)
