@@ -13,8 +13,7 @@ from snakemake.exceptions import WorkflowError
 # `report(` may not start a line in .smk files: import it under another name
 from snakemake.io import report as report_flag
 
-from mhsa.config import ConfigError, build_run_config, weights_digest
-from mhsa.data.datasets import where_to_get
+from mhsa.config import build_run_config, weights_digest
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
 from mhsa.study import (
     StudyError,
@@ -241,20 +240,6 @@ def table_outputs():
 
 
 # ------------------------------------------------------------------- real data set check
-def missing_roots(names):
-    """[(name, root tried, where it is published)] for each data set whose root is absent."""
-    out = []
-    for name in names:
-        root = dataset_root(CFG, name)
-        if not Path(root).exists():
-            try:
-                url = where_to_get(name)
-            except ConfigError:
-                url = "unknown data set name"
-            out.append((name, root, url))
-    return out
-
-
 def pending_cells():
     """Cells whose train_cell job is about to run.
 
