@@ -58,15 +58,18 @@ MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
 
 def check_cluster_tracking():
     """onstart: jobs on many nodes must not share an sqlite/file store over NFS. The executor is
-    known only once the workflow starts (not at parse time), hence a hook; it runs before any job."""
+    known only once the workflow starts (not at parse time), hence a hook; it runs before any job.
+    """
     if workflow.local_exec:
         return
     from mhsa.tracking import SERVER_HINT, shared_store_problem
 
     problem = shared_store_problem(MLFLOW_URI_GIVEN)
     if problem:
-        raise WorkflowError(f"{problem}: jobs on a cluster need an MLflow tracking server. To fix, "
-                            f"{SERVER_HINT}. No job was submitted.")
+        raise WorkflowError(
+            f"{problem}: jobs on a cluster need an MLflow tracking server. To fix, "
+            f"{SERVER_HINT}. No job was submitted."
+        )
 
 
 def _alternatives(names):
@@ -258,13 +261,18 @@ def check_real_data():
     `--touch` only marks outputs as current and trains nothing, so it needs no data."""
     if SYNTHETIC or workflow.touch:
         return
-    from mhsa.data.check import check_datasets  # parse + statistics of every set, all problems at once
+    # parse + statistics of every set, all problems at once
+    from mhsa.data.check import check_datasets
 
     needed = needed_datasets(pending_cells())
-    problems = check_datasets({n: os.path.abspath(dataset_root(CFG, n)) for n in needed})
+    problems = check_datasets(
+        {n: os.path.abspath(dataset_root(CFG, n)) for n in needed}
+    )
     if not problems:
         return
-    lines = [f"preset {PRESET!r} uses real data sets; {len(problems)} of them have problems:"]
+    lines = [
+        f"preset {PRESET!r} uses real data sets; {len(problems)} of them have problems:"
+    ]
     lines += [f"  - {p}" for p in problems]
     lines.append(
         "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
