@@ -4,7 +4,7 @@
     python benchmarks/bench_dag.py run --preset demo    # the demo grid end to end on this machine
                                                         #   (target <= 30 min on 2 cores; aim 20)
 
-`run` works on a temporary copy of the workflow, so the repository's results/ is untouched;
+`run` works on a temporary copy of the workflow (`--keep DIR` keeps it), so the repository's results/ is untouched;
 `--from-log` instead reads the per-job benchmark files of a finished run under results/.
 """
 
@@ -31,6 +31,7 @@ def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def copy(wd: Path) -> Path:
+    wd.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "config.yaml"):
         shutil.copy2(REPO / name, wd / name)
     for name in ("workflow", "envs"):
@@ -72,7 +73,7 @@ def run(args) -> None:
         summarize(REPO / args.results, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        wd = copy(Path(tmp))
+        wd = copy(Path(args.keep) if args.keep else Path(tmp))
         t0 = time.perf_counter()
         proc = snakemake(wd, "tables", "--cores", str(args.cores), "--resources", f"gpu={args.cores}",
                          "--config", f"preset={args.preset}")
@@ -95,6 +96,7 @@ def main() -> None:
     r.add_argument("--cores", type=int, default=2)
     r.add_argument("--from-log", action="store_true", help="summarise a finished run instead of running one")
     r.add_argument("--results", default="results", help="with --from-log: the results dir of that run")
+    r.add_argument("--keep", metavar="DIR", help="run in this (new, empty) directory and keep it, instead of a temporary one")
     args = ap.parse_args()
     plan(args) if args.what == "plan" else run(args)
 

@@ -12,40 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from mhsa.errors import CellBusyError
+from mhsa.file_lock import holder, try_hold
 
 LOCK_NAME = ".train.lock"
-
-
-def _holder(fh) -> str:
-    fh.seek(0)
-    text = fh.read().strip()
-    return text or "unknown"
 
 
 def _acquire(directory: Path, cell: str):
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(fh)
-        fh.close()
+    fh = try_hold(path)
+    if fh is None:
+        who = holder(path)
         raise CellBusyError(
-            f"cell {cell!r} is already being trained by process {holder} (lock {path}); let it finish "
-            f"or stop it (kill {holder.split()[0]}), then rerun") from None
-    except BaseException:
-        fh.close()
-        raise
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()} on {os.uname().nodename}\n")
-    fh.flush()
+            f"cell {cell!r} is already being trained by process {who} (lock {path}); let it finish "
+            f"or stop it (kill {who.split()[0]}), then rerun")
     return fh
 
 

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mhsa.file_lock import try_hold
+
 SCHEDULER_VARS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 DEFAULT_LOCK_DIR = Path("results") / ".gpu_locks"
 
@@ -36,23 +38,6 @@ def _device_count() -> int:
     except ImportError:  # pragma: no cover - torch is a dependency
         return 0
     return int(torch.cuda.device_count())
-
-
-def _try_lock(path: Path):
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    except BaseException:
-        fh.close()
-        raise
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
 
 
 @contextlib.contextmanager
@@ -94,7 +79,7 @@ def gpu_slot(
     held = slot = None
     while held is None:
         for i in range(n_slots):
-            held = _try_lock(lock_dir / f"gpu{i}.lock")
+            held = try_hold(lock_dir / f"gpu{i}.lock")
             if held is not None:
                 slot = i
                 break
