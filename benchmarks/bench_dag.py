@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{wd / 'mlflow.db'}")
+    # As the README's main command runs: the default store (sqlite under results/), whatever this shell exports.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env, capture_output=True,
                           text=True)
 
@@ -96,7 +97,8 @@ def main() -> None:
     r.add_argument("--cores", type=int, default=2)
     r.add_argument("--from-log", action="store_true", help="summarise a finished run instead of running one")
     r.add_argument("--results", default="results", help="with --from-log: the results dir of that run")
-    r.add_argument("--keep", metavar="DIR", help="run in this (new, empty) directory and keep it, instead of a temporary one")
+    r.add_argument("--keep", metavar="DIR",
+                   help="run in this (new, empty) directory and keep it, instead of a temporary one")
     args = ap.parse_args()
     plan(args) if args.what == "plan" else run(args)
 

@@ -5,8 +5,8 @@ new sqlite MLflow store (`mhsa.tracking.store_lock`), generating a synthetic dat
 (`mhsa.data.synthetic.generate`). The others wait, then find the work done. The OS drops the lock
 when its holder exits or is killed, so a crash never blocks the next process. `try_hold` is the
 non-waiting form, for those who must not wait: a cell's second trainer (`mhsa.cell_lock` refuses
-at once and names the holder) and GPU slots (`mhsa.gpu_slots` tries the next slot). The lock file must be on a file system where
-flock works across the processes involved (local disk, or NFSv4).
+at once and names the holder) and GPU slots (`mhsa.gpu_slots` tries the next slot). The lock file
+must be on a file system where flock works across the processes involved (local disk, or NFSv4).
 """
 
 from __future__ import annotations
