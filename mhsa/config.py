@@ -152,6 +152,7 @@ class RunConfig:
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     checkpoint_every: int = 10
+    keep_weights: bool = True  # a finished cell keeps last.pt (final weights only) for re-evaluation
     compile: bool = False  # torch.compile the model (Module.compile: state_dict keys unchanged)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -419,7 +420,7 @@ def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
 # time, checkpoint cadence, evaluation, tracking, where the data lives) may change without
 # invalidating a checkpoint. The decoded-image cache and torch.compile implement the same recipe
 # (same augmentation distributions, same model), so they are runtime keys too.
-_RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "channels_last", "eval", "tracking",
+_RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "keep_weights", "channels_last", "eval", "tracking",
                  "data.root", "data.workers", "data.test_batch",
                  "compile", "data.cache", "data.cache_max_gb", "data.cache_dir"}
 

@@ -41,7 +41,7 @@ from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
-from mhsa.errors import DataError, DeviceError
+from mhsa.errors import CheckpointError, DataError, DeviceError
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
@@ -177,7 +177,13 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoint
-from mhsa.checkpoint import StaleCheckpointError, check_resumable, load_checkpoint, save_checkpoint  # noqa: E402, F401
+from mhsa.checkpoint import (  # noqa: E402, F401
+    StaleCheckpointError,
+    check_resumable,
+    finalize_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -287,6 +293,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         start_run(cell, tracker, env)
         train_epochs(cell, tracker)
         metrics = final_report(cell, tracker, out_dir, env)
+        finalize_checkpoint(cell.ckpt_path, checkpoint_state(cell), keep_weights=cfg.keep_weights)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -329,8 +336,13 @@ def resume(cell: Cell) -> None:
     if state is None:
         return
     check_resumable(cell.cfg, state, cell.ckpt_path)
+    if not state["optimizer"] and state["epoch"] < cell.cfg.optim.epochs:
+        raise CheckpointError(f"checkpoint {cell.ckpt_path} holds the final weights of a finished cell (epoch "
+                              f"{state['epoch']}), not a state to train on from; delete the directory "
+                              f"{cell.ckpt_path.parent} to train this cell again")
     cell.model.load_state_dict(state["model"])
-    cell.optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"]:  # a finished cell's checkpoint keeps the weights only (finalize_checkpoint)
+        cell.optimizer.load_state_dict(state["optimizer"])
     if state["scaler"]:  # a disabled scaler (CPU, bf16) saves {}, which load_state_dict rejects
         cell.scaler.load_state_dict(state["scaler"])
     cell.epoch, cell.history = state["epoch"], state["history"]

@@ -1,5 +1,5 @@
 """kill -9 at every moment of a cell's life, then rerun: the cell ends with the metrics of an
-uninterrupted run, its checkpoints (last.pt + prev.pt) and no temp files (issue 11, items 5, 6).
+uninterrupted run, its final checkpoint (last.pt, weights only) and no temp files (issue 11, items 5, 6).
 
 The kill is injected, not timed: a small wrapper around `python -m mhsa` sends SIGKILL to its own
 process at a chosen optimiser step, in the middle of a checkpoint write (half the temp file
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "mhsa" / "configs" / "smoke.yaml"
@@ -58,13 +59,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run(work, out, kill_at=None):
+def run(work, out, kill_at=None, extra=()):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if kill_at:
         env["KILL_AT"] = kill_at
-        cmd = [sys.executable, "-c", KILLER, *ARGS, "--out", str(out)]
+        cmd = [sys.executable, "-c", KILLER, *ARGS, *extra, "--out", str(out)]
     else:
-        cmd = [sys.executable, "-m", "mhsa", *ARGS, "--out", str(out)]
+        cmd = [sys.executable, "-m", "mhsa", *ARGS, *extra, "--out", str(out)]
     return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -97,15 +98,51 @@ def test_kill_9_at_every_moment_then_rerun_matches_an_uninterrupted_run(work):
             assert len(list(ckpt.glob(".last.pt.*.tmp"))) == 1, moment  # the killed write's temp file
         if kill_at == "step:3":
             assert "(epoch 1)" in proc.stderr and "epoch 2/2" not in proc.stderr  # resumed, died in epoch 2
+        if kill_at == "metrics:1":  # the checkpoints are finalized only after metrics.json
+            assert sorted(p.name for p in ckpt.glob("*.pt")) == ["last.pt", "prev.pt"]
     final = run(work, out)
     assert final.returncode == 0, final.stderr[-2000:]
     assert comparable(out / "metrics.json") == comparable(work / "reference" / "metrics.json")
-    assert sorted(p.name for p in ckpt.iterdir()) == [".train.lock", "last.pt", "prev.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [".train.lock", "last.pt"]
+
+
+def test_a_finished_cell_keeps_its_final_weights_only_and_reevaluates_from_them(work):
+    ref_ckpt = work / "reference" / "checkpoints"
+    assert sorted(p.name for p in ref_ckpt.glob("*.pt")) == ["last.pt"]
+    state = torch.load(ref_ckpt / "last.pt", weights_only=True)
+    assert state["optimizer"] == {} and state["epoch"] == 2 and state["model"]
+    out = work / "reevaluate"
+    shutil.copytree(work / "reference", out)
+    (out / "metrics.json").unlink()
+    proc = run(work, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming smoke from" in proc.stderr and "(epoch 2)" in proc.stderr and "epoch 1/2" not in proc.stderr
+    assert comparable(out / "metrics.json") == comparable(work / "reference" / "metrics.json")
+
+
+def test_keep_weights_false_leaves_no_checkpoint_once_metrics_are_written(work):
+    out = work / "no_weights"
+    proc = run(work, out, extra=["--set", "keep_weights=false"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list((out / "checkpoints").glob("*.pt"))
+    assert comparable(out / "metrics.json") == comparable(work / "reference" / "metrics.json")
+
+
+def test_final_weights_with_fewer_epochs_than_the_config_are_refused(work):
+    out = work / "short"
+    shutil.copytree(work / "reference", out)
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    torch.save({**state, "epoch": 1}, last)  # weights only, yet one epoch short: nothing to train on from
+    proc = run(work, out)
+    assert proc.returncode == 1
+    assert "holds the final weights of a finished cell (epoch 1)" in proc.stderr.splitlines()[-2]
 
 
 def test_corrupt_last_checkpoint_resumes_from_the_previous_one(work):
     out = work / "corrupt"
-    shutil.copytree(work / "reference", out)
+    # a cell killed right after metrics.json, before its checkpoints were finalized: last.pt + prev.pt
+    assert run(work, out, "metrics:1").returncode == -signal.SIGKILL
     (out / "metrics.json").unlink()
     last = out / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated: the epoch-2 checkpoint is lost
