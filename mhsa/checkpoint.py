@@ -7,10 +7,11 @@ next save does not rotate it into `prev.pt`), and the cell resumes from the prev
 With none left it stops with a `CheckpointError` saying how to start over. Loads always use
 `weights_only=True` (a checkpoint never runs code).
 
-Once the cell's metrics.json is written, `finalize_checkpoint` keeps only what a re-evaluation
-needs: `last.pt` with the final weights and the training record, without the optimiser state, and
-no `prev.pt` (or nothing, with `keep_weights: false`). Full state for every cell of the demo took
-46 GB (two ResNet-18 + Adam files of 157 MB per cell); the final weights take 52 MB.
+The checkpoint saved after the last epoch holds the final weights and the training record without
+the optimiser state (nothing trains on from it); once the cell's metrics.json is written,
+`finalize_checkpoint` removes `prev.pt` (and `last.pt` too, with `keep_weights: false`). Full
+state for every cell of the demo took 46 GB (two ResNet-18 + Adam files of 157 MB per cell); the
+final weights take 52 MB.
 """
 
 from __future__ import annotations
@@ -62,15 +63,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def finalize_checkpoint(path: str | Path, state: dict, keep_weights: bool = True) -> None:
-    """Replace `last.pt` by the finished cell's `state` (optimiser state dropped) and remove `prev.pt`;
-    with `keep_weights=False` remove both (a rerun then trains the cell again). A kill in between
-    leaves the new `last.pt` beside the old `prev.pt`: still a consistent pair."""
+def finalize_checkpoint(path: str | Path, keep_weights: bool = True) -> None:
+    """Remove `prev.pt` of a finished cell, whose `last.pt` (saved after the last epoch) holds the final
+    weights only; with `keep_weights=False` remove `last.pt` too (a rerun then trains the cell again)."""
     path = Path(path)
-    if keep_weights:
-        final = {**state, "optimizer": {}, "scaler": {}}
-        atomic_write(path, lambda tmp: torch.save(final, tmp))
-    else:
+    if not keep_weights:
         path.unlink(missing_ok=True)
     previous_path(path).unlink(missing_ok=True)
 

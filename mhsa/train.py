@@ -293,7 +293,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         start_run(cell, tracker, env)
         train_epochs(cell, tracker)
         metrics = final_report(cell, tracker, out_dir, env)
-        finalize_checkpoint(cell.ckpt_path, checkpoint_state(cell), keep_weights=cfg.keep_weights)
+        finalize_checkpoint(cell.ckpt_path, keep_weights=cfg.keep_weights)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -341,7 +341,7 @@ def resume(cell: Cell) -> None:
                               f"{state['epoch']}), not a state to train on from; delete the directory "
                               f"{cell.ckpt_path.parent} to train this cell again")
     cell.model.load_state_dict(state["model"])
-    if state["optimizer"]:  # a finished cell's checkpoint keeps the weights only (finalize_checkpoint)
+    if state["optimizer"]:  # the checkpoint after the last epoch keeps the weights only (checkpoint_state)
         cell.optimizer.load_state_dict(state["optimizer"])
     if state["scaler"]:  # a disabled scaler (CPU, bf16) saves {}, which load_state_dict rejects
         cell.scaler.load_state_dict(state["scaler"])
@@ -352,8 +352,10 @@ def resume(cell: Cell) -> None:
 
 
 def checkpoint_state(cell: Cell) -> dict:
-    return {"model": cell.model.state_dict(), "optimizer": cell.optimizer.state_dict(),
-            "scaler": cell.scaler.state_dict(), "epoch": cell.epoch, "history": cell.history,
+    """After the last epoch nothing trains on from it, so it holds the weights only (a rerun evaluates)."""
+    final = cell.epoch >= cell.cfg.optim.epochs
+    return {"model": cell.model.state_dict(), "optimizer": {} if final else cell.optimizer.state_dict(),
+            "scaler": {} if final else cell.scaler.state_dict(), "epoch": cell.epoch, "history": cell.history,
             "train_seconds": cell.train_seconds, "images_seen": cell.images_seen,
             "run_id": cell.run_id or "", "weights_config": weights_config(cell.cfg)}
 
