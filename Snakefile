@@ -30,6 +30,15 @@ report: "workflow/report/workflow.rst"
 onstart:
     check_cluster_tracking()
     check_real_data()
+    start_warm_worker()
+
+
+onsuccess:
+    stop_warm_worker()
+
+
+onerror:
+    stop_warm_worker()
 
 
 rule all:

@@ -61,7 +61,7 @@ AUTHORS_TAGS = (
 BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smoothing",
                          "data.random_erasing", "optim.warmup")
 PRESET_KEYS = ("data_source", "synthetic", "results_dir", "tables", "figures", "seeds", "recipe")
-WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s")
+WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s", "warm_worker")
 
 
 class StudyError(ConfigError):

@@ -72,6 +72,34 @@ def check_cluster_tracking():
         )
 
 
+WARM_WORKER = []  # the Popen of this run's warm worker, if one was started
+
+
+def start_warm_worker():
+    """onstart: a process that imports torch and MLflow once and forks per training job
+    (mhsa.warm_worker), for local runs only: under a cluster executor or inside a scheduler's
+    job, jobs run as their own processes. Stopped by PID in onsuccess/onerror."""
+    if not WF.get("warm_worker", True) or not workflow.local_exec:
+        return
+    from mhsa.warm_worker import SCHEDULER_ENV, start
+
+    if any(os.environ.get(v) for v in SCHEDULER_ENV):
+        return
+    threads = int(WF.get("train_threads", 1))
+    cores = workflow.cores if isinstance(workflow.cores, int) else threads
+    log = f"{RESULTS}/logs/warm_worker.log"
+    WARM_WORKER.append(
+        start(RESULTS, Path(workflow.basedir), log, min(threads, cores), os.getpid())
+    )
+
+
+def stop_warm_worker():
+    from mhsa.warm_worker import stop
+
+    while WARM_WORKER:
+        stop(WARM_WORKER.pop())
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names)
 

@@ -1,13 +1,14 @@
 """Snakemake adapter: one diagnostics figure per cell family (a cell's seeds) from their metrics.json."""
 
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script directive)
-from wf_common import add_repo_to_path, log_to
+from wf_common import add_repo_to_path
 
 add_repo_to_path(__file__)
 
 from pathlib import Path  # noqa: E402
 
 from mhsa.diagnostic_plots import cell_families, diagnostics_of_run, family_figure  # noqa: E402
+from mhsa.job_log import log_to  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     out = Path(snakemake.output[0])

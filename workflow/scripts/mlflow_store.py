@@ -3,13 +3,14 @@ before parallel jobs. A store that cannot be reached is reported once; the cells
 without tracking (replayed later by `python -m mhsa sync-mlflow RESULTS_DIR`)."""
 
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script directive)
-from wf_common import add_repo_to_path, log_to
+from wf_common import add_repo_to_path
 
 add_repo_to_path(__file__)
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from mhsa.job_log import log_to  # noqa: E402
 from mhsa.tracking import SYNC_HINT, check_store, init_store, study_tags  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:

@@ -8,7 +8,7 @@ store (MLFLOW_TRACKING_URI, exported by common.smk).
 """
 
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script directive)
-from wf_common import add_repo_to_path, log_to
+from wf_common import add_repo_to_path
 
 add_repo_to_path(__file__)
 
@@ -19,6 +19,7 @@ import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from mhsa.job_log import log_to  # noqa: E402
 from mhsa.plots import build_all_figures, overlay_from_npz  # noqa: E402
 from mhsa.study import Cell, RowRef, Study, cell_overrides  # noqa: E402
 from mhsa.tables import build_all  # noqa: E402
