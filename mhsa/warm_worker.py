@@ -181,6 +181,11 @@ def preload(tracking_uri: str | None = None) -> None:
 
     if uri_scheme(tracking_uri or "") in ("sqlite", "postgresql", "mysql", "mssql"):
         importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+    import torch
+
+    if torch.cuda.is_initialized():  # a forked child could not use the GPU ("bad fork")
+        raise RuntimeError("CUDA was initialised while importing the job's modules: the warm worker "
+                           "cannot fork GPU jobs; set workflow.warm_worker: false")
 
 
 class Server:
@@ -200,8 +205,8 @@ class Server:
     def serve(self, tracking_uri: str | None = None) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        self.fingerprint = source_fingerprint()  # before the imports: an edit meanwhile shows
         preload(tracking_uri)
-        self.fingerprint = source_fingerprint()
         self.env = {k: os.environ.get(k) for k in IMPORT_TIME_ENV}
         print(f"warm worker {os.getpid()}: ready on {self.name[1:]}", flush=True)
         sel = selectors.DefaultSelector()
@@ -260,6 +265,7 @@ class Server:
             if pid == 0:
                 self._child(conn, fds, request)  # never returns
             _send(conn, {"pid": pid})
+            print(f"job {pid}: {request['kind']} {_label(request['job'])}", flush=True)
         except (OSError, ValueError, ConnectionError, PermissionError) as err:
             print(f"warm worker: request not taken: {err}", file=sys.stderr, flush=True)
             conn.close()
@@ -278,9 +284,9 @@ class Server:
             return f"the job's Python {request.get('python')} is not the worker's {_python()}"
         if self.stopping:
             return "the worker is stopping"
-        if request.get("fingerprint") != source_fingerprint():
+        if request.get("fingerprint") != self.fingerprint:
             self.stopping = True  # every later job would be refused too
-            return "mhsa's sources changed since the worker started"
+            return "the job's mhsa sources differ from those the worker imported (edited since it started?)"
         env = request.get("env") or {}
         differ = [k for k in IMPORT_TIME_ENV if env.get(k) != self.env[k]]
         if differ:
@@ -336,6 +342,7 @@ class Server:
             if pid == 0:
                 return
             conn = self.children.pop(pid, None)
+            print(f"job {pid}: exit {os.waitstatus_to_exitcode(status)}", flush=True)
             if conn is None:
                 continue
             try:
@@ -382,6 +389,13 @@ def stop(proc, timeout: float = 60.0) -> int | None:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def _label(job_json: str) -> str:
+    try:
+        return str(json.loads(job_json).get("cell", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _alive(pid: int) -> bool:

@@ -152,3 +152,16 @@ def test_ci_tables_equal_the_golden_copy(ci_run):
     assert files, "no golden tables"
     differ = [f.name for f in files if (results / "tables" / f.name).read_bytes() != f.read_bytes()]
     assert not differ, f"ci tables differ from tests/golden/ci_tables: {differ} (see tests/golden/README.md)"
+
+
+def test_the_cells_trained_in_the_warm_worker(ci_run):
+    """The run above went through the warm worker (so the golden tables cover that path): it
+    started in both runs, took every job it was offered, finished each cell once, and stopped."""
+    wd, results, _, _ = ci_run
+    log = (results / "logs" / "warm_worker.log").read_text()
+    assert log.count(": ready on ") == 2 and log.count(": stopped") == 2, log
+    assert "not taken" not in log, log
+    cells = build_study(load_config(wd / "config.yaml"), "ci").cells
+    for cell in cells:
+        assert f": train_cell {cell}\n" in log, f"{cell} did not train in the warm worker"
+    assert log.count(": exit 0\n") >= len(cells), log

@@ -11,6 +11,7 @@ tables byte for byte with the golden copy.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,12 +48,12 @@ def _wait_ready(log: Path, proc, timeout=120.0) -> None:
     raise AssertionError("the warm worker did not become ready")
 
 
-def _start(results: Path, owner=None):
+def _start(results: Path, owner=None, repo=REPO, pythonpath=None):
     log = results / "logs" / "warm_worker.log"
     env_before = {var: os.environ.get(var) for var in THREAD_ENV + ("PYTHONPATH",)}
-    os.environ["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = pythonpath or os.environ.get("PYTHONPATH", "")
     try:
-        proc = start(results, REPO, log, threads=1, owner_pid=owner or os.getpid())
+        proc = start(results, repo, log, threads=1, owner_pid=owner or os.getpid())
     finally:
         for var, value in env_before.items():
             if value is None:
@@ -81,6 +82,7 @@ def _job(results: Path, cell="c1", **kw) -> TrainJob:
 
 
 def _client(job: TrainJob, results: Path, cwd: Path, **env) -> subprocess.Popen:
+    """A job's adapter: hands `job` to the warm worker of `results`, else runs it itself."""
     return subprocess.Popen([sys.executable, "-c", CLIENT, job.to_json(), str(results)], cwd=cwd,
                             env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -242,3 +244,24 @@ def test_the_worker_stops_once_its_owner_is_gone(tmp_path):
     owner.wait()
     assert proc.wait(timeout=30) == 0
     assert "stopped" in log.read_text()
+
+
+def test_edited_sources_make_the_worker_refuse_and_stop(tmp_path):
+    """The worker serves the mhsa it imported: after an edit, jobs run in their own process."""
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "mhsa", copy / "mhsa", ignore=shutil.ignore_patterns("__pycache__"))
+    results = tmp_path / "results"
+    results.mkdir()
+    proc, log = _start(results, repo=copy, pythonpath=str(copy))
+    bad = _job(results, overrides={"optim": {"lr": "fast"}})
+    client = _client(bad, results, tmp_path, PYTHONPATH=str(copy))
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 1 and "running the job in this process" not in err, err
+    edited = copy / "mhsa" / "errors.py"
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    client = _client(bad, results, tmp_path, PYTHONPATH=str(copy))
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 1, err
+    assert "mhsa sources differ" in err and "running the job in this process" in err, err
+    assert proc.wait(timeout=30) == 0  # it takes no more jobs: it stops
+    assert ": stopped" in log.read_text()
