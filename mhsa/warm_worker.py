@@ -134,6 +134,8 @@ def _submit(kind: str, text: str, results_dir, connect_timeout: float) -> int | 
                      "python": _python(), "fingerprint": source_fingerprint()})
         reply = _recv(sock)
         if "refused" in reply:
+            if pending:  # told to stop before the job ran: do not run it here either
+                return 128 + pending[0]
             print(f"warm worker: {reply['refused']}; running the job in this process", file=sys.stderr)
             return None
         child = int(reply["pid"])
@@ -143,6 +145,8 @@ def _submit(kind: str, text: str, results_dir, connect_timeout: float) -> int | 
         code = int(_recv(sock)["exit"])
         return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
     except (OSError, ConnectionError, ValueError, KeyError) as err:
+        if child is None and pending:
+            return 128 + pending[0]
         if child is None:
             print(f"warm worker: {err}; running the job in this process", file=sys.stderr)
             return None

@@ -265,3 +265,38 @@ def test_edited_sources_make_the_worker_refuse_and_stop(tmp_path):
     assert "mhsa sources differ" in err and "running the job in this process" in err, err
     assert proc.wait(timeout=30) == 0  # it takes no more jobs: it stops
     assert ": stopped" in log.read_text()
+
+
+def test_a_job_stopped_while_the_worker_starts_does_not_run_at_all(tmp_path):
+    """SIGTERM reaches the adapter while the worker is still importing, then the worker refuses the
+    job: the adapter exits 143 instead of running the job itself."""
+    results = tmp_path / "results"
+    results.mkdir()
+    log = results / "logs" / "warm_worker.log"
+    env_before = {var: os.environ.get(var) for var in THREAD_ENV}
+    try:
+        proc = start(results, REPO, log, threads=1, owner_pid=os.getpid())
+    finally:
+        for var, value in env_before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    try:
+        name = "@" + warm_worker.socket_name(results)[1:]
+        deadline = time.time() + 60
+        while name not in Path("/proc/net/unix").read_text():  # bound, still importing
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        job = _job(results, overrides={"optim": {"lr": "fast"}})
+        client = _client(job, results, tmp_path, OMP_NUM_THREADS="2")  # to be refused
+        time.sleep(1.0)
+        assert "ready" not in log.read_text(), "the worker was ready too early for this test"
+        client.send_signal(signal.SIGTERM)
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 128 + signal.SIGTERM, err
+        assert "running the job in this process" not in err
+        assert not (tmp_path / "logs" / "c1.log").exists()  # the job never started
+        assert "import-time environment differs" in log.read_text()
+    finally:
+        stop(proc)
