@@ -30,7 +30,8 @@ _UMASK = _current_umask()
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,7 +44,7 @@ def _pid_alive(pid: int) -> bool:
 def _is_stale(tmp: Path, name: str) -> bool:
     m = re.fullmatch(rf"\.{re.escape(name)}\.([A-Za-z0-9-]+)_(\d+)\.[A-Za-z0-9_]+\.tmp", tmp.name)
     if m and m.group(1) == _HOST:
-        return int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2)))
+        return int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2)))
     try:
         return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
     except FileNotFoundError:

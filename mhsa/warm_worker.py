@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from mhsa.io import pid_alive
+
 PROTOCOL = b"MHSAW1\n"
 JOBS = {"train_cell": ("mhsa.train_job", "TrainJob", "run")}
 # Read at import (by Python, OpenMP, BLAS, torch): a child forked from a server started with other
@@ -239,7 +241,7 @@ class Server:
         if self.children:
             self.last_active = time.monotonic()
             return
-        if self.owner_pid and not _alive(self.owner_pid):
+        if self.owner_pid and not pid_alive(self.owner_pid):
             self.stopping = True  # Snakemake is gone; running children finish as orphaned jobs would
         elif self.idle_timeout and time.monotonic() - self.last_active > self.idle_timeout:
             self.stopping = True
@@ -400,16 +402,6 @@ def _label(job_json: str) -> str:
         return str(json.loads(job_json).get("cell", ""))
     except (ValueError, AttributeError):
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal(pid: int, sig) -> None:

@@ -48,18 +48,18 @@ def _wait_ready(log: Path, proc, timeout=120.0) -> None:
     raise AssertionError("the warm worker did not become ready")
 
 
-def _start(results: Path, owner=None, repo=REPO, pythonpath=None):
+def _spawn(results: Path, owner=None, repo=REPO, pythonpath=None):
+    """Start a worker as the Snakefile does (`start` sets THREAD_ENV itself), with the PYTHONPATH
+    its clients get from `_env`; do not wait for its imports."""
     log = results / "logs" / "warm_worker.log"
-    env_before = {var: os.environ.get(var) for var in THREAD_ENV + ("PYTHONPATH",)}
-    os.environ["PYTHONPATH"] = pythonpath or os.environ.get("PYTHONPATH", "")
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", pythonpath or os.environ.get("PYTHONPATH", ""))
         proc = start(results, repo, log, threads=1, owner_pid=owner or os.getpid())
-    finally:
-        for var, value in env_before.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    return proc, log
+
+
+def _start(results: Path, owner=None, repo=REPO, pythonpath=None):
+    proc, log = _spawn(results, owner, repo, pythonpath)
     _wait_ready(log, proc)
     return proc, log
 
@@ -272,16 +272,7 @@ def test_a_job_stopped_while_the_worker_starts_does_not_run_at_all(tmp_path):
     job: the adapter exits 143 instead of running the job itself."""
     results = tmp_path / "results"
     results.mkdir()
-    log = results / "logs" / "warm_worker.log"
-    env_before = {var: os.environ.get(var) for var in THREAD_ENV}
-    try:
-        proc = start(results, REPO, log, threads=1, owner_pid=os.getpid())
-    finally:
-        for var, value in env_before.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    proc, log = _spawn(results)
     try:
         name = "@" + warm_worker.socket_name(results)[1:]
         deadline = time.time() + 60
