@@ -95,15 +95,15 @@ def run_job(job, results_dir: str | os.PathLike, connect_timeout: float = 300.0)
     """Run `job` (a mhsa.train_job.TrainJob) in the warm worker of `results_dir` if one takes it,
     else in this process. Returns the job's exit code (0 = success)."""
     kind, text = "train_cell", job.to_json()
-    reason = _unusable_here()
-    if reason is None:
+    if unusable_here() is None:
         code = _submit(kind, text, results_dir, connect_timeout)
         if code is not None:
             return code
     return _run_here(kind, text)
 
 
-def _unusable_here() -> str | None:
+def unusable_here() -> str | None:
+    """Why jobs started in this environment must run as their own processes, or None."""
     if os.environ.get("MHSA_WARM_WORKER", "1") == "0":
         return "MHSA_WARM_WORKER=0"
     found = [v for v in SCHEDULER_ENV if os.environ.get(v)]

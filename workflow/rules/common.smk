@@ -79,11 +79,9 @@ def start_warm_worker():
     """onstart: a process that imports torch and MLflow once and forks per training job
     (mhsa.warm_worker), for local runs only: under a cluster executor or inside a scheduler's
     job, jobs run as their own processes. Stopped by PID in onsuccess/onerror."""
-    if not WF.get("warm_worker", True) or not workflow.local_exec:
-        return
-    from mhsa.warm_worker import SCHEDULER_ENV, start
+    from mhsa.warm_worker import start, unusable_here
 
-    if any(os.environ.get(v) for v in SCHEDULER_ENV):
+    if not WF.get("warm_worker", True) or not workflow.local_exec or unusable_here():
         return
     threads = int(WF.get("train_threads", 1))
     cores = workflow.cores if isinstance(workflow.cores, int) else threads
