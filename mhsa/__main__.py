@@ -32,6 +32,9 @@ def _train(args: argparse.Namespace) -> int:
     from mhsa.config import load_config
 
     cfg = load_config(args.config, args.set)  # before importing torch: config mistakes fail fast
+    from mhsa.cpu_kernels import pin
+
+    pin(cfg.cpu_kernels)  # torch and NumPy read it once, at import
     from mhsa.cell_lock import cell_lock
     from mhsa.train import train_cell
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from mhsa.cpu_kernels import LEVELS as CPU_KERNEL_LEVELS
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
 from mhsa.switches import (
@@ -151,6 +152,9 @@ class RunConfig:
     amp: str = "bf16"  # bf16 | fp16 | off (CUDA only; CPU runs in fp32)
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
+    # native | portable | avx2: the instruction set of the CPU kernels (mhsa.cpu_kernels); portable makes
+    # a CPU run repeat bit for bit on any x86-64 machine
+    cpu_kernels: str = "native"
     checkpoint_every: int = 10
     keep_weights: bool = True  # a finished cell keeps last.pt (final weights only) for re-evaluation
     compile: bool = False  # torch.compile the model (Module.compile: state_dict keys unchanged)
@@ -317,6 +321,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_eval(cfg.eval, cfg.model)
     _check("amp", cfg.amp in AMP_MODES, f"must be one of {'|'.join(AMP_MODES)}, got {cfg.amp!r}"
            + (" (quote 'off': YAML reads a bare off as false)" if cfg.amp in ("False", "None") else ""))
+    _one_of("cpu_kernels", cfg.cpu_kernels, CPU_KERNEL_LEVELS)
     _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
     _validate_cache(cfg.data)
     for name, target in cfg.eval.targets.items():
@@ -419,9 +424,10 @@ def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
 # What defines the trained weights. Everything else (device, threads, workers, batch size at test
 # time, checkpoint cadence, evaluation, tracking, where the data lives) may change without
 # invalidating a checkpoint. The decoded-image cache and torch.compile implement the same recipe
-# (same augmentation distributions, same model), so they are runtime keys too.
-_RUNTIME_KEYS = {"name", "device", "threads", "checkpoint_every", "keep_weights", "channels_last", "eval", "tracking",
-                 "data.root", "data.workers", "data.test_batch",
+# (same augmentation distributions, same model), so they are runtime keys too; so is `cpu_kernels`,
+# which moves the last bits of the arithmetic as `threads` may, not the recipe.
+_RUNTIME_KEYS = {"name", "device", "threads", "cpu_kernels", "checkpoint_every", "keep_weights", "channels_last",
+                 "eval", "tracking", "data.root", "data.workers", "data.test_batch",
                  "compile", "data.cache", "data.cache_max_gb", "data.cache_dir"}
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mhsa import cpu_kernels
 from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.batch_transforms import BatchAugment, CachedBatches, CachedEvalBatches
@@ -280,9 +281,11 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    env = environment()
-    log.info("cell %s | git %s | host %s | torch %s | device %s", cfg.name, env["git_sha"], env["host"],
-             env["torch"], device)
+    if device.type == "cpu":
+        cpu_kernels.check(cfg.cpu_kernels)
+    env = {**environment(), **cpu_kernels.describe(cfg.cpu_kernels)}
+    log.info("cell %s | git %s | host %s | torch %s | device %s | CPU kernels %s (%s)", cfg.name, env["git_sha"],
+             env["host"], env["torch"], device, env["cpu_capability"], cfg.cpu_kernels)
     cell = set_up(cfg, device, ckpt_dir)
     resume(cell)
     tracker = open_tracker(cell, tracking_uri)

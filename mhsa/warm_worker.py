@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from mhsa.cpu_kernels import ENV_VARS as CPU_KERNEL_ENV
 from mhsa.io import pid_alive
 
 PROTOCOL = b"MHSAW1\n"
@@ -44,7 +45,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 IMPORT_TIME_ENV = THREAD_ENV + ("PYTHONHASHSEED", "PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD",
                                 "OPENBLAS_CORETYPE", "KMP_AFFINITY", "TORCH_HOME", "VIRTUAL_ENV",
-                                "CONDA_PREFIX")
+                                "CONDA_PREFIX") + CPU_KERNEL_ENV
 # Inside a scheduler's job the scheduler owns the resources: a job there must not run in a process
 # tree that the scheduler does not account for.
 SCHEDULER_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")

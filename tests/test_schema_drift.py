@@ -35,6 +35,7 @@ def test_enums_are_the_packages_values():
     assert set(RECIPE["model"]["properties"]["attention_layers"]["enum"]) == set(ATTENTION_LAYERS)
     assert set(RECIPE["amp"]["enum"]) == set(run_config.AMP_MODES)
     assert set(RECIPE["optim"]["properties"]["name"]["enum"]) == set(run_config.OPTIMIZERS)
+    assert set(RECIPE["cpu_kernels"]["enum"]) == set(run_config.CPU_KERNEL_LEVELS)
 
 
 def test_test_mode_pattern_is_the_grammar():

@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_flag
 
 from mhsa.config import build_run_config, weights_digest
+from mhsa.cpu_kernels import pin_env
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
 from mhsa.study import (
     StudyError,
@@ -54,6 +55,11 @@ MLFLOW_URI_GIVEN = os.environ.get(MLFLOW_ENV)
 MLFLOW_URI = default_uri(RESULTS)
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
+
+# The instruction set of the CPU kernels (`cpu_kernels`, mhsa.cpu_kernels): exported here, before
+# any job imports torch, so local jobs, the warm worker and the tables step inherit it, and cluster
+# jobs (which re-parse this file) export the same. This process computes nothing with torch.
+os.environ.update(pin_env(CFG["recipe"].get("cpu_kernels", "native")))
 
 
 def check_cluster_tracking():
