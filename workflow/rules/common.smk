@@ -9,6 +9,7 @@ from hashlib import sha1
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 # `report(` may not start a line in .smk files: import it under another name
 from snakemake.io import report as report_flag
@@ -81,19 +82,47 @@ def check_cluster_tracking():
 WARM_WORKER = []  # the Popen of this run's warm worker, if one was started
 
 
+def warm_worker_decision():
+    """(on, why): `workflow.warm_worker` true/false, or auto (the default): on for local runs of the
+    synthetic presets, whose cells take seconds to minutes, so the ~7 s of imports it saves per job is
+    10-50 % of a job; off for real data, whose cells take hours (docs/workflow.md "The warm worker")."""
+    from mhsa.warm_worker import unusable_here
+
+    setting = WF.get("warm_worker", "auto")
+    if not workflow.local_exec:
+        return False, "cluster jobs run in their own processes"
+    if unusable_here():
+        return False, unusable_here()
+    if setting == "auto":
+        if SYNTHETIC:
+            return True, f"auto: preset {PRESET!r} trains short synthetic cells"
+        return False, f"auto: preset {PRESET!r} trains on real data, cells of hours"
+    return bool(setting), f"workflow.warm_worker: {str(setting).lower()}"
+
+
 def start_warm_worker():
     """onstart: a process that imports torch and MLflow once and forks per training job
-    (mhsa.warm_worker), for local runs only: under a cluster executor or inside a scheduler's
-    job, jobs run as their own processes. Stopped by PID in onsuccess/onerror."""
-    from mhsa.warm_worker import start, unusable_here
+    (mhsa.warm_worker), where `warm_worker_decision` says so. Stopped by PID in onsuccess/onerror.
+    The decision is the run's first line; a worker that cannot start says why, and jobs run alone."""
+    from mhsa.warm_worker import WorkerUnavailable, start
 
-    if not WF.get("warm_worker", True) or not workflow.local_exec or unusable_here():
+    on, why = warm_worker_decision()
+    if not on:
+        logger.info(f"warm worker: off ({why}); each training job imports torch itself")
         return
     threads = int(WF.get("train_threads", 1))
     cores = workflow.cores if isinstance(workflow.cores, int) else threads
     log = f"{RESULTS}/logs/warm_worker.log"
-    WARM_WORKER.append(
-        start(RESULTS, Path(workflow.basedir), log, min(threads, cores), os.getpid())
+    try:
+        proc = start(RESULTS, Path(workflow.basedir), log, min(threads, cores), os.getpid())
+    except WorkerUnavailable as err:
+        logger.warning(
+            f"warm worker: NOT started ({err}); training jobs run in their own processes"
+        )
+        return
+    WARM_WORKER.append(proc)
+    logger.info(
+        f"warm worker: on ({why}; workflow.warm_worker: false turns it off), log {log}"
     )
 
 
