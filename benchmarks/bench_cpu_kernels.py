@@ -73,7 +73,7 @@ def main() -> None:
         print(json.dumps(child(args.child[0], args.threads)))
         return
 
-    from mhsa.cpu_kernels import ENV_VARS, pin_env
+    from mhsa.run.cpu_kernels import ENV_VARS, pin_env
 
     base = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     for size in args.sizes:

@@ -95,7 +95,7 @@ def reeval(run_dir: Path, data_dir: Path, num_ids: int) -> dict:
 
     from mhsa.config import load_config
     from mhsa.model import build_model
-    from mhsa.train import ensure_data, evaluate_cell, load_checkpoint
+    from mhsa.run.train import ensure_data, evaluate_cell, load_checkpoint
 
     cfg = load_config(run_dir / "config.yaml")
     torch.set_num_threads(1)
@@ -145,7 +145,7 @@ def _cell(values: list[float]) -> str:
 
 
 def _gap(a: list[float], b: list[float]) -> str:
-    """MHSA-Net minus Baseline, and that difference in standard errors (mhsa.tables' noise test: the
+    """MHSA-Net minus Baseline, and that difference in standard errors (mhsa.study.tables' noise test: the
     tables mark |z| <= 2 as within seed noise)."""
     if len(a) < 2 or len(b) < 2:
         return "n/a"
@@ -188,8 +188,8 @@ SWEEPS = {
 
 def diagnostics_table(runs: Path) -> str:
     """Per MHSA-Net family (mean over seeds): heads in use, attention entropy, head overlap, the final
-    epoch's loss shares, and p*/q*/concat/best-head Rank-1 (``mhsa.diagnostics``)."""
-    from mhsa.diagnostic_plots import diagnostics_of_run
+    epoch's loss shares, and p*/q*/concat/best-head Rank-1 (``mhsa.evaluation.diagnostics``)."""
+    from mhsa.study.diagnostic_plots import diagnostics_of_run
 
     head = ["setting", "heads used (mass > 1/(4K))", "entropy / log n", "map overlap", "triplet_residual share",
             "ihtl share", "CE terms + triplet_local share", "q* R1", "p* R1", "concat R1", "best head R1"]
@@ -217,7 +217,7 @@ def diagnostics_table(runs: Path) -> str:
 
 
 def figure(runs: Path, out: Path) -> None:
-    from mhsa.diagnostic_plots import rank1_vs_occlusion
+    from mhsa.study.diagnostic_plots import rank1_vs_occlusion
 
     data = load_runs(runs)
     panels = {}

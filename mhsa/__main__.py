@@ -2,6 +2,8 @@
 
     python -m mhsa train CONFIG --out DIR [--set key=value ...]   train and evaluate one cell
     python -m mhsa sync-mlflow RESULTS_DIR                        replay finished cells into MLflow
+    python -m mhsa tables [--config ...] [--runs ...] [--out ...]  the paper's tables from finished cells
+    python -m mhsa diagnostic-plots RUN_DIR ...                   the diagnostics of a family of cells
 
 A mistake in the config, the data or the environment prints one line naming the key or the file
 and what to do (plus where the traceback is) and exits non-zero: 2 for a config error, 1 otherwise.
@@ -32,11 +34,11 @@ def _train(args: argparse.Namespace) -> int:
     from mhsa.config import load_config
 
     cfg = load_config(args.config, args.set)  # before importing torch: config mistakes fail fast
-    from mhsa.cpu_kernels import pin
+    from mhsa.run.cpu_kernels import pin
 
     pin(cfg.cpu_kernels)  # torch and NumPy read it once, at import
-    from mhsa.cell_lock import cell_lock
-    from mhsa.train import train_cell
+    from mhsa.run.cell_lock import cell_lock
+    from mhsa.run.train import train_cell
 
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out / "checkpoints"
@@ -47,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from mhsa.sync import sync_results
+    from mhsa.run.sync import sync_results
 
     done = sync_results(args.results_dir, tracking_uri=args.tracking_uri)
     for cell, what in done.items():
@@ -95,10 +97,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="replay finished cells (RESULTS_DIR/runs/*/metrics.json) into the MLflow store; "
                             "idempotent")
     s.add_argument("results_dir", help="results directory (holds runs/<cell>/metrics.json)")
+    sub.add_parser("tables", help="the paper's tables beside ours from finished cells (see: tables --help)")
+    sub.add_parser("diagnostic-plots", help="figures of the diagnostics of cells (see: diagnostic-plots --help)")
     return parser
 
 
+# Commands with a parser of their own in the study layer: the rest of the line is theirs.
+_STUDY_COMMANDS = {"tables": "mhsa.study.tables", "diagnostic-plots": "mhsa.study.diagnostic_plots"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _STUDY_COMMANDS:
+        import importlib
+
+        return importlib.import_module(_STUDY_COMMANDS[argv[0]]).main(argv[1:]) or 0
     args = _parser().parse_args(argv)
     command = {"train": _train, "sync-mlflow": _sync}[args.command]
     try:

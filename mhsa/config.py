@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from mhsa.cpu_kernels import LEVELS as CPU_KERNEL_LEVELS
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
 from mhsa.switches import (
@@ -24,6 +23,7 @@ from mhsa.switches import (
     BACKBONES,
     COMPETITION_FORMS,
     COMPETITION_REDUCTIONS,
+    CPU_KERNEL_LEVELS,
     DEFAULT_GAMMA,
     DISTANCES,
     FDRT_FORMS,
@@ -152,7 +152,7 @@ class RunConfig:
     amp: str = "bf16"  # bf16 | fp16 | off (CUDA only; CPU runs in fp32)
     channels_last: bool = True  # CUDA only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
-    # native | portable | avx2: the instruction set of the CPU kernels (mhsa.cpu_kernels); portable makes
+    # native | portable | avx2: the instruction set of the CPU kernels (mhsa.run.cpu_kernels); portable makes
     # a CPU run repeat bit for bit on any x86-64 machine
     cpu_kernels: str = "native"
     checkpoint_every: int = 10

@@ -63,3 +63,7 @@ def feature_map_size(height: int, width: int, last_stride: int = 1) -> tuple[int
         return n
 
     return down(height), down(width)
+
+# The instruction set of the CPU kernels (mhsa.run.cpu_kernels): this CPU's own, or pinned so that CPU runs
+# repeat bit for bit across x86-64 machines (docs/reliability.md "Across machines").
+CPU_KERNEL_LEVELS = ("native", "portable", "avx2")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mhsa import train as train_mod
 from mhsa.config import ConfigError, build_run_config, weights_config
 from mhsa.evaluation import evaluate_modes, re_ranking
 from mhsa.losses import Criterion, competition, fdrt, fdrt_authors, hard_triplet, ihtl
 from mhsa.model import build_model
-from mhsa.optim import staircase_warmup
+from mhsa.run import train as train_mod
+from mhsa.run.optim import staircase_warmup
 
 TINY = (64, 32)  # -> 4x2 feature map with last_stride=1
 PIDS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])

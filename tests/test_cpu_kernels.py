@@ -1,4 +1,4 @@
-"""The CPU-kernel pin (mhsa.cpu_kernels): a pinned run gives the same bytes whatever instruction set the
+"""The CPU-kernel pin (mhsa.run.cpu_kernels): a pinned run gives the same bytes whatever instruction set the
 environment would otherwise give its kernels; unpinned, the kernels' instruction set moves the numbers."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhsa import cpu_kernels
 from mhsa.config import ConfigError, build_run_config
+from mhsa.run import cpu_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATED = {  # what another machine's kernels would be, as far as this one can emulate them

@@ -1,4 +1,4 @@
-"""mhsa.diagnostics (hand-computed values, the FDRT loss as reference) and mhsa.diagnostic_plots."""
+"""mhsa.evaluation.diagnostics (hand-computed values, the FDRT loss as reference) and mhsa.study.diagnostic_plots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mhsa import diagnostics as D
+from mhsa.evaluation import diagnostics as D
 from mhsa.losses.fdrt import fdrt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_bad_alpha_shapes_are_named():
 
 
 def test_family_figure_and_occlusion_curve(tmp_path):
-    from mhsa.diagnostic_plots import diagnostics_of_run, family_figure, rank1_vs_occlusion
+    from mhsa.study.diagnostic_plots import diagnostics_of_run, family_figure, rank1_vs_occlusion
 
     out = _model_outputs(4)
     run = tmp_path / "cell"
@@ -154,6 +154,6 @@ def test_family_figure_and_occlusion_curve(tmp_path):
 
 
 def test_training_does_not_import_the_plotting_modules():
-    code = ("import sys, mhsa.train, mhsa.diagnostics; "
-            "sys.exit(any(m in sys.modules for m in ('matplotlib', 'seaborn', 'mhsa.diagnostic_plots')))")
+    code = ("import sys, mhsa.run.train, mhsa.evaluation.diagnostics; "
+            "sys.exit(any(m in sys.modules for m in ('matplotlib', 'seaborn', 'mhsa.study.diagnostic_plots')))")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

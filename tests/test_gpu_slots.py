@@ -1,4 +1,4 @@
-"""mhsa.gpu_slots with fake slots on CPU: exclusive, reusable, freed by a killed holder."""
+"""mhsa.run.gpu_slots with fake slots on CPU: exclusive, reusable, freed by a killed holder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mhsa import gpu_slots
-from mhsa.gpu_slots import GpuSlotTimeout, gpu_slot
+from mhsa.run import gpu_slots
+from mhsa.run.gpu_slots import GpuSlotTimeout, gpu_slot
 
 CTX = mp.get_context("fork")
 

@@ -1,4 +1,4 @@
-"""Shape and spot checks of mhsa/paper_results.csv (the transcription of the paper's Tables I-XI)."""
+"""Shape and spot checks of mhsa/study/paper_results.csv (the transcription of the paper's Tables I-XI)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mhsa.study import load_config
-from mhsa.tables import PAPER_CSV, load_paper
+from mhsa.study.build import load_config
+from mhsa.study.tables import PAPER_CSV, load_paper
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"rank1", "rank3", "rank5", "rank10", "mAP"}

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mhsa.study import build_study, load_config, table_number
+from mhsa.study.build import build_study, load_config, table_number
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "tables", "--cores", "2", "--resources", "gpu=2",

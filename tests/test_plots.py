@@ -1,4 +1,4 @@
-"""mhsa.plots on a small fake study: K sweeps (Figs. 9/10), parameter sweeps, attention grid and overlays."""
+"""mhsa.study.plots on a small fake study: K sweeps (Figs. 9/10), parameter sweeps, attention grid and overlays."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mhsa import plots as P
 from mhsa.config import ConfigError
-from mhsa.study import build_study, load_config
-from mhsa.tables import load_paper
+from mhsa.study.build import build_study, load_config
+from mhsa.study import plots as P
+from mhsa.study.tables import load_paper
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -61,7 +61,7 @@ def runs(tmp_path_factory, study) -> Path:
 
 @pytest.fixture(scope="module")
 def metrics(runs):
-    from mhsa.tables import load_metrics
+    from mhsa.study.tables import load_metrics
 
     return load_metrics(runs)
 
@@ -131,9 +131,9 @@ def test_a_sweep_plot_is_a_config_edit(tmp_path):
 
 
 def test_plots_does_not_know_the_paper_by_name():
-    """No table numeral, figure number, variant, data set or knob value in mhsa/plots.py: all of it
+    """No table numeral, figure number, variant, data set or knob value in mhsa/study/plots.py: all of it
     comes from config.yaml."""
-    text = (ROOT / "mhsa" / "plots.py").read_text()
+    text = (ROOT / "mhsa" / "study" / "plots.py").read_text()
     cfg = load_config(ROOT / "config.yaml")
     for name in [*cfg["variants"], *cfg["datasets"], *cfg["tables"]]:
         assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name
@@ -261,7 +261,7 @@ def test_build_all_figures(tmp_path):
 def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
     from mlflow.tracking import MlflowClient
 
-    from mhsa.tracking import init_store, log_run_artifacts
+    from mhsa.run.tracking import init_store, log_run_artifacts
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_store(uri, ["figs"])
@@ -272,9 +272,9 @@ def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
                                    tmp_path / "attention.png")
     items = [(r1, [png], {"feeds": "Table I / x; Table II / y"}), ("0" * 32, [png], {"feeds": "z"}),
              (None, [png], {}), (r2, [png], {"feeds": "Table III / w"})]
-    with caplog.at_level("WARNING", logger="mhsa.tracking"):
+    with caplog.at_level("WARNING", logger="mhsa.run.tracking"):
         assert log_run_artifacts(uri, items) == 2
-    # the missing run, named in exactly one warning (other mhsa.tracking warnings may come with it)
+    # the missing run, named in exactly one warning (other mhsa.run.tracking warnings may come with it)
     assert sum(r.message.count("0" * 32) for r in caplog.records) == 1
     for run_id, feeds in ((r1, "Table I / x; Table II / y"), (r2, "Table III / w")):
         assert [a.path for a in client.list_artifacts(run_id)] == ["attention.png"]
@@ -282,7 +282,7 @@ def test_log_run_artifacts_attaches_overlays_and_tags(tmp_path, caplog):
 
 
 def test_log_run_artifacts_tolerates_a_down_store(tmp_path, capsys):
-    from mhsa.tracking import log_run_artifacts
+    from mhsa.run.tracking import log_run_artifacts
 
     (tmp_path / "not-a-dir").write_text("")  # the store's directory cannot be created
     uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"

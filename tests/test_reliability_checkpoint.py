@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mhsa import io
-from mhsa.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from mhsa.errors import CheckpointError, describe
+from mhsa.run.checkpoint import load_checkpoint, previous_path, save_checkpoint
 
 
 def _state(epoch):
@@ -35,7 +35,7 @@ def test_corrupt_last_falls_back_to_prev_with_a_warning(tmp_path, caplog, damage
     save_checkpoint(last, _state(2))
     data = last.read_bytes()
     last.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
-    with caplog.at_level(logging.WARNING, logger="mhsa.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mhsa.run.checkpoint"):
         state = load_checkpoint(last)
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
     assert str(last) in caplog.text and "unreadable" in caplog.text

@@ -1,4 +1,4 @@
-"""The Snakemake job log (mhsa.job_log.log_to): a failing job prints one line naming
+"""The Snakemake job log (mhsa.run.job_log.log_to): a failing job prints one line naming
 the key or file plus where its log is, exits 1, and keeps the full traceback in the log file."""
 
 import os
@@ -14,7 +14,7 @@ def _job(tmp_path, body: str) -> tuple[subprocess.CompletedProcess, str]:
     log = tmp_path / "logs" / "train" / "c1.log"
     code = textwrap.dedent(f"""
         import sys
-        from mhsa.job_log import log_to
+        from mhsa.run.job_log import log_to
         with log_to({str(log)!r}) as log:
             log.info("job starts")
     """) + textwrap.indent(textwrap.dedent(body), "    ")

@@ -26,14 +26,14 @@ ARGS = ["train", str(SMOKE), "--set", "tracking.enabled=false", "--set", "optim.
 KILLER = """
 import os, signal, sys
 import torch
-import mhsa.train
+import mhsa.run.train
 when, n = os.environ["KILL_AT"].split(":")
 count = {"save": 0, "step": 0}
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-real_save, real_step, real_json = torch.save, torch.optim.Adam.step, mhsa.train.atomic_write_json
+real_save, real_step, real_json = torch.save, torch.optim.Adam.step, mhsa.run.train.atomic_write_json
 
 def save(obj, f, *a, **k):
     count["save"] += 1
@@ -53,7 +53,7 @@ def write_json(path, obj):
     if when == "metrics":
         die()
 
-torch.save, torch.optim.Adam.step, mhsa.train.atomic_write_json = save, step, write_json
+torch.save, torch.optim.Adam.step, mhsa.run.train.atomic_write_json = save, step, write_json
 from mhsa.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

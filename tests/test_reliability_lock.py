@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mhsa.cell_lock import cell_lock, is_locked
 from mhsa.errors import CellBusyError, describe
+from mhsa.run.cell_lock import cell_lock, is_locked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def _holder(run_dir: Path, ckpt_dir: Path) -> subprocess.Popen:
     """Another process training the cell: holds its lock until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from mhsa.cell_lock import cell_lock
+        from mhsa.run.cell_lock import cell_lock
         with cell_lock([{str(run_dir)!r}, {str(ckpt_dir)!r}], "c1"):
             print("locked", flush=True)
             time.sleep(600)

@@ -105,7 +105,7 @@ def test_sync_completes_a_partly_tracked_run_without_duplicates(tmp_path, capsys
 
 
 def test_metric_points_match_what_training_logs():
-    from mhsa.sync import metric_points
+    from mhsa.run.sync import metric_points
 
     m = {"history": [{"epoch": 1, "loss": 2.0, "lr": 0.1}, {"epoch": 2, "loss": 1.0, "lr": 0.1}],
          "eval": {"t": {"global": {"rank1": 9.0, "mAP@50": float("nan")}}},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from mhsa.study import build_study
+from mhsa.study.build import build_study
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from mhsa import config as run_config
-from mhsa import study
 from mhsa.config import ConfigError, build_run_config
 from mhsa.data import synthetic
 from mhsa.evaluation.modes import MODE_PATTERN, parse_mode
 from mhsa.model import ATTENTION_LAYERS, BACKBONES, FUSIONS, LAST_STRIDES
+from mhsa.study import build as study
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mhsa.study import StudyError, build_study, cell_overrides, load_config, table_number
+from mhsa.study.build import StudyError, build_study, cell_overrides, load_config, table_number
 
 ROOT = Path(__file__).parents[1]
 
@@ -210,7 +210,7 @@ def test_ablation_rows_turn_on_one_difference_each(config):
 
 
 def test_authors_rows_merge_into_the_variant_and_ids_are_deterministic(config):
-    from mhsa.study import authors_suffix
+    from mhsa.study.build import authors_suffix
 
     assert authors_suffix({}) == ""
     assert authors_suffix({"loss.distance": "euclidean", "model.attention_softmax": "positions"}) == "-a.a.h"

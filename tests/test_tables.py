@@ -1,4 +1,4 @@
-"""mhsa.tables on a fake runs dir: the ci study with three seeds and metrics.json files of known values."""
+"""mhsa.study.tables on a fake runs dir: the ci study with three seeds and metrics.json files of known values."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mhsa import tables as T
-from mhsa.study import build_study, load_config
+from mhsa.study.build import build_study, load_config
+from mhsa.study import tables as T
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]

@@ -1,4 +1,4 @@
-"""MLflow conventions of mhsa.tracking: store creation under a lock, quick store check, tags,
+"""MLflow conventions of mhsa.run.tracking: store creation under a lock, quick store check, tags,
 study parent run, one run per cell after a kill before its id was recorded; the job env file."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mhsa import tracking
+from mhsa.run import tracking
 
 try:
     import tomllib
@@ -144,7 +144,7 @@ def test_kill_before_the_run_id_is_recorded_leaves_one_finished_run(tmp_path, mo
 
 _OPEN_AND_LOG = """
 import sys
-from mhsa.tracking import CellTracker
+from mhsa.run.tracking import CellTracker
 t = CellTracker(sys.argv[1], "race")
 assert t.start(sys.argv[2], {"seed": 0}, {"cell": sys.argv[2]}) is not None, "store failed"
 t.log_metrics({"loss": 1.0}, step=1)
@@ -195,7 +195,7 @@ def test_four_cli_cells_on_a_fresh_store_and_a_fresh_data_root(tmp_path, attempt
     assert recorded == {r.info.run_id for r in runs}  # one run per cell, each the one its cell names
     assert all(r.data.metrics.get("market1501.global.mAP") is not None for r in runs)
     if attempt == 0:  # training logged every param, point and file that sync-mlflow would replay
-        from mhsa.sync import sync_results
+        from mhsa.run.sync import sync_results
 
         done = sync_results(tmp_path / "results", uri)
         assert all(v.startswith("up to date") and "0 item(s)" in v for v in done.values()), done

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhsa import optim
-from mhsa import train as train_mod
 from mhsa.config import ConfigError, LossConfig, ModelConfig, OptimConfig, build_run_config
 from mhsa.data.datasets import DatasetNotFoundError
 from mhsa.data.synthetic import generate
 from mhsa.losses import Criterion
 from mhsa.model import build_model
 from mhsa.model.build import build_model_from_config
+from mhsa.run import optim
+from mhsa.run import train as train_mod
 
 METRICS = {"rank1", "rank5", "rank10", "mAP", "mINP", "mAP@50"}
 
@@ -119,7 +119,7 @@ def test_four_cells_at_once_share_one_sqlite_store(data_root, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from mhsa.config import save_config
-    from mhsa.tracking import init_store
+    from mhsa.run.tracking import init_store
 
     uri = sqlite_uri(tmp_path)
     init_store(uri, ["test"])
@@ -254,7 +254,8 @@ TRAIN_SIDE = [Path(train_mod.__file__), Path(optim.__file__)]
 
 
 def test_training_never_imports_plotting():
-    code = ("import sys, mhsa.train; bad = sorted({'mhsa.plots', 'matplotlib', 'seaborn'} & set(sys.modules)); "
+    code = ("import sys, mhsa.run.train; "
+            "bad = sorted({'mhsa.study.plots', 'matplotlib', 'seaborn'} & set(sys.modules)); "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -263,7 +264,7 @@ def test_training_never_imports_plotting():
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not [n for n in names if n.startswith(("mhsa.plots", "matplotlib", "seaborn"))], path
+            assert not [n for n in names if n.startswith(("mhsa.study.plots", "matplotlib", "seaborn"))], path
 
 
 def test_training_functions_stay_short():

@@ -1,4 +1,4 @@
-"""The warm worker (mhsa.warm_worker): jobs forked from one process that imported torch and MLflow
+"""The warm worker (mhsa.run.warm_worker): jobs forked from one process that imported torch and MLflow
 once behave as jobs run in their own process: same exit code and error line, the client's cwd,
 environment and streams, signals reach the job, a dead client's job is stopped, refused requests
 run in the client's process, and the worker stops by PID or when its owner is gone. It trusts no one:
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from mhsa.file_lock import try_hold
-from mhsa.train_job import TrainJob
-from mhsa.warm_worker import THREAD_ENV, WorkerUnavailable, channel, client, start, stop
-from mhsa.warm_worker.client import _submit
+from mhsa.io import try_hold
+from mhsa.run.job import TrainJob
+from mhsa.run.warm_worker import THREAD_ENV, WorkerUnavailable, channel, client, start, stop
+from mhsa.run.warm_worker.client import _submit
 
 REPO = Path(__file__).resolve().parents[1]
-CLIENT = "import sys; from mhsa.train_job import TrainJob; from mhsa.warm_worker import run_job; " \
+CLIENT = "import sys; from mhsa.run.job import TrainJob; from mhsa.run.warm_worker import run_job; " \
          "sys.exit(run_job(TrainJob.from_json(sys.argv[1]), sys.argv[2]))"
 
 
@@ -343,7 +343,7 @@ def test_a_killed_worker_takes_its_jobs_with_it_before_they_are_reported_failed(
 def test_the_worker_forks_from_one_thread_and_refuses_a_poisoned_fork(worker):
     _, proc, _ = worker
     assert len(os.listdir(f"/proc/{proc.pid}/task")) == 1  # pyarrow's jemalloc thread is off
-    probe = "from mhsa.warm_worker.server import fork_problem; print(fork_problem())"
+    probe = "from mhsa.run.warm_worker.server import fork_problem; print(fork_problem())"
     for before, expected in (("", "None"), ("torch.cuda.is_available(); ", "CUDA was initialised in the worker")):
         code = f"import torch; {before}{probe}"  # is_available() alone poisons a later fork
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())

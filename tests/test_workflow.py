@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mhsa.study import build_study, table_number
+from mhsa.study.build import build_study, table_number
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

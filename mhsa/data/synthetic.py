@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from mhsa.errors import ConfigError
-from mhsa.file_lock import held
+from mhsa.io import held
 from mhsa.io import atomic_write_text
 
 from .datasets import UnknownDatasetError, load, names

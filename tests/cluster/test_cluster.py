@@ -26,7 +26,7 @@ import yaml
 from browser import check_page  # tests/cluster/conftest.py puts this folder on sys.path
 from daemons import Daemons, missing_tools, start_mlflow, start_munge, start_postgres, start_slurm
 
-from mhsa.study import build_study, table_number
+from mhsa.study.build import build_study, table_number
 
 pytestmark = pytest.mark.cluster
 

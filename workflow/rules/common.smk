@@ -15,17 +15,17 @@ from snakemake.logging import logger
 from snakemake.io import report as report_flag
 
 from mhsa.config import build_run_config, weights_digest
-from mhsa.cpu_kernels import pin_env
+from mhsa.run.cpu_kernels import pin_env
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
-from mhsa.study import (
+from mhsa.study.build import (
     StudyError,
     build_study,
     cell_overrides,
     dataset_root,
     table_number,
 )
-from mhsa.tables import TABLE_FORMATS
-from mhsa.tracking import default_uri
+from mhsa.study.tables import TABLE_FORMATS
+from mhsa.run.tracking import default_uri
 
 try:
     # `--config preset=paper` lands in config["preset"] and wins over config.yaml.
@@ -48,7 +48,7 @@ REPORT_DIR = Path(str(workflow.current_basedir)).parent / "report"
 # (which re-parse this file) compute the same value. Not a train_cell param on purpose: the
 # absolute path would make a moved checkout retrain every cell.
 # MLFLOW_TRACKING_URI is optional (a tracking server), hence no `envvars:` directive, which
-# would make it mandatory. default_uri honours it (mhsa.tracking imports mlflow only when used).
+# would make it mandatory. default_uri honours it (mhsa.run.tracking imports mlflow only when used).
 # (`snakemake --lint` asks for `envvars:` wherever a literal name indexes the environment; this
 # variable is optional and only written here, hence the constant.)
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
@@ -57,7 +57,7 @@ MLFLOW_URI = default_uri(RESULTS)
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
 
-# The instruction set of the CPU kernels (`cpu_kernels`, mhsa.cpu_kernels): exported here, before
+# The instruction set of the CPU kernels (`cpu_kernels`, mhsa.run.cpu_kernels): exported here, before
 # any job imports torch, so local jobs, the warm worker and the tables step inherit it, and cluster
 # jobs (which re-parse this file) export the same. This process computes nothing with torch.
 os.environ.update(pin_env(CFG["recipe"].get("cpu_kernels", "native")))
@@ -69,7 +69,7 @@ def check_cluster_tracking():
     """
     if workflow.local_exec:
         return
-    from mhsa.tracking import SERVER_HINT, shared_store_problem
+    from mhsa.run.tracking import SERVER_HINT, shared_store_problem
 
     problem = shared_store_problem(MLFLOW_URI_GIVEN)
     if problem:
@@ -86,7 +86,7 @@ def warm_worker_decision():
     """(on, why): `workflow.warm_worker` true/false, or auto (the default): on for local runs of the
     synthetic presets, whose cells take seconds to minutes, so the ~7 s of imports it saves per job is
     10-50 % of a job; off for real data, whose cells take hours (docs/workflow.md "The warm worker")."""
-    from mhsa.warm_worker import unusable_here
+    from mhsa.run.warm_worker import unusable_here
 
     setting = WF.get("warm_worker", "auto")
     if not workflow.local_exec:
@@ -102,9 +102,9 @@ def warm_worker_decision():
 
 def start_warm_worker():
     """onstart: a process that imports torch and MLflow once and forks per training job
-    (mhsa.warm_worker), where `warm_worker_decision` says so. Stopped by PID in onsuccess/onerror.
+    (mhsa.run.warm_worker), where `warm_worker_decision` says so. Stopped by PID in onsuccess/onerror.
     The decision is the run's first line; a worker that cannot start says why, and jobs run alone."""
-    from mhsa.warm_worker import WorkerUnavailable, start
+    from mhsa.run.warm_worker import WorkerUnavailable, start
 
     on, why = warm_worker_decision()
     if not on:
@@ -127,7 +127,7 @@ def start_warm_worker():
 
 
 def stop_warm_worker():
-    from mhsa.warm_worker import stop
+    from mhsa.run.warm_worker import stop
 
     while WARM_WORKER:
         stop(WARM_WORKER.pop())
@@ -204,7 +204,7 @@ def train_inputs(wildcards):
 
 
 def train_overrides(wildcards):
-    """The cell's own part of the run config (`mhsa.study.cell_overrides`).
+    """The cell's own part of the run config (`mhsa.study.build.cell_overrides`).
 
     The `feeds` tag (which table rows use the cell) is left out of the params so that adding
     a row that reuses a cell does not retrain it; train_cell.py adds it back as an MLflow tag.

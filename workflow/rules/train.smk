@@ -19,7 +19,7 @@ rule train_cell:
     threads: WF.get("train_threads", 1)
     resources:
         gpu=1,
-        # Where mhsa.gpu_slots keeps its per-GPU lock files: a resource (like tmpdir), not a
+        # Where mhsa.run.gpu_slots keeps its per-GPU lock files: a resource (like tmpdir), not a
         # param, so that it never reruns a cell.
         gpu_locks=f"{RESULTS}/.gpu_locks",
     params:

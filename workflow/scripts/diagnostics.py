@@ -7,8 +7,8 @@ add_repo_to_path(__file__)
 
 from pathlib import Path  # noqa: E402
 
-from mhsa.diagnostic_plots import cell_families, diagnostics_of_run, family_figure  # noqa: E402
-from mhsa.job_log import log_to  # noqa: E402
+from mhsa.run.job_log import log_to  # noqa: E402
+from mhsa.study.diagnostic_plots import cell_families, diagnostics_of_run, family_figure  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     out = Path(snakemake.output[0])

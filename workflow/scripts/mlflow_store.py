@@ -10,8 +10,8 @@ add_repo_to_path(__file__)
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mhsa.job_log import log_to  # noqa: E402
-from mhsa.tracking import SYNC_HINT, check_store, init_store, study_tags  # noqa: E402
+from mhsa.run.job_log import log_to  # noqa: E402
+from mhsa.run.tracking import SYNC_HINT, check_store, init_store, study_tags  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     uri, experiments = snakemake.params.uri, list(snakemake.params.experiments)

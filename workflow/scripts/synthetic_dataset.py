@@ -8,7 +8,7 @@ add_repo_to_path(__file__)
 from pathlib import Path  # noqa: E402
 
 from mhsa.data.synthetic import generate  # noqa: E402
-from mhsa.job_log import log_to  # noqa: E402
+from mhsa.run.job_log import log_to  # noqa: E402
 
 with log_to(snakemake.log[0]) as log:
     params = dict(snakemake.params.synthetic or {})

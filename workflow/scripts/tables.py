@@ -19,11 +19,11 @@ import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mhsa.job_log import log_to  # noqa: E402
-from mhsa.plots import build_all_figures, overlay_from_npz  # noqa: E402
-from mhsa.study import Cell, RowRef, Study, cell_overrides  # noqa: E402
-from mhsa.tables import build_all  # noqa: E402
-from mhsa.tracking import feed_tags, log_run_artifacts, log_study_outputs, study_tags  # noqa: E402
+from mhsa.run.job_log import log_to  # noqa: E402
+from mhsa.run.tracking import feed_tags, log_run_artifacts, log_study_outputs, study_tags  # noqa: E402
+from mhsa.study.build import Cell, RowRef, Study, cell_overrides  # noqa: E402
+from mhsa.study.plots import build_all_figures, overlay_from_npz  # noqa: E402
+from mhsa.study.tables import build_all  # noqa: E402
 
 
 def study_from_params(data: dict) -> Study:
@@ -76,7 +76,7 @@ with log_to(snakemake.log[0]) as log:
              os.environ.get("MLFLOW_TRACKING_URI"), seconds, time.time() - t0)
     missing = [f for f in snakemake.output if not Path(f).exists()]
     if missing:
-        raise RuntimeError(f"mhsa.tables/mhsa.plots did not write {missing}")
+        raise RuntimeError(f"mhsa.study.tables/mhsa.study.plots did not write {missing}")
     log.info("tables in %s, figures in %s", tables_dir, figures_dir)
     experiments = sorted({cell_overrides(study, c)["tracking"]["experiment"] for c in study.cells.values()})
     parents = log_study_outputs(os.environ.get("MLFLOW_TRACKING_URI"), experiments,

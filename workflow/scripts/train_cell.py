@@ -1,5 +1,5 @@
-"""Snakemake adapter: one training job (mhsa.train_job), run in a process forked from the warm
-worker when the workflow started one (mhsa.warm_worker), else here.
+"""Snakemake adapter: one training job (mhsa.run.job), run in a process forked from the warm
+worker when the workflow started one (mhsa.run.warm_worker), else here.
 
 Everything comes by name from the rule: the cell's overrides and the recipe (params), the
 checkpoint directory (param), the run directory (that of output.metrics, where train_cell writes
@@ -17,8 +17,8 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mhsa.train_job import TrainJob  # noqa: E402
-from mhsa.warm_worker import run_job  # noqa: E402
+from mhsa.run.job import TrainJob  # noqa: E402
+from mhsa.run.warm_worker import run_job  # noqa: E402
 
 run_dir = Path(snakemake.output.metrics).parent
 if Path(snakemake.output.attention).parent != run_dir:

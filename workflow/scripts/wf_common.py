@@ -1,5 +1,5 @@
 """What the thin Snakemake script adapters share: making `mhsa` importable (their job log is
-mhsa.job_log.log_to)."""
+mhsa.run.job_log.log_to)."""
 
 import sys
 from pathlib import Path

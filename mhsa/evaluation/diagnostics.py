@@ -2,7 +2,7 @@
 weighted contribution of each loss term over epochs (issue 14).
 
 Pure functions on numpy arrays and plain dicts (no torch, no plotting), so the training loop can call
-``cell_diagnostics`` after its final evaluation and the figures (``mhsa.diagnostic_plots``) can be
+``cell_diagnostics`` after its final evaluation and the figures (``mhsa.study.diagnostic_plots``) can be
 drawn later from metrics.json alone.
 
 * Attention entropy: each head's map alpha_k (B, K, h, w) normalised to a distribution over the h*w

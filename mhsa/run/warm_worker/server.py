@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from mhsa.io import pid_alive
-from mhsa.warm_worker.channel import (
+from mhsa.run.warm_worker.channel import (
     PACKAGE,
     PROTOCOL,
     WorkerUnavailable,
@@ -39,7 +39,7 @@ from mhsa.warm_worker.channel import (
     socket_path,
     source_fingerprint,
 )
-from mhsa.warm_worker.client import FORWARDED, run_here
+from mhsa.run.warm_worker.client import FORWARDED, run_here
 
 # Read at import (by Python, OpenMP, BLAS, torch): a child forked from a worker started with other
 # values would not behave as a fresh process with the client's environment. The worker refuses then.
@@ -52,14 +52,14 @@ IMPORT_TIME_ENV = THREAD_ENV + ("PYTHONHASHSEED", "PYTHONPATH", "LD_LIBRARY_PATH
 # pyarrow (imported by MLflow) starts jemalloc's purging thread at import; without it the worker stays
 # single-threaded and jemalloc purges inline.
 WORKER_ENV = {"JE_ARROW_MALLOC_CONF": "background_thread:false"}
-# Modules no training job imports (the study's report layer, command lines): not preloaded.
-NOT_PRELOADED = ("mhsa.__main__", "mhsa.warm_worker.__main__", "mhsa.plots", "mhsa.diagnostic_plots",
-                 "mhsa.tables")
+# Modules no training job imports (the study layer, command lines): not preloaded.
+NOT_PRELOADED = ("mhsa.__main__", "mhsa.tables", "mhsa.diagnostic_plots", "mhsa.run.warm_worker.__main__",
+                 "mhsa.study")
 PR_SET_PDEATHSIG = 1
 
 
 def _import_time_env():
-    from mhsa.cpu_kernels import ENV_VARS
+    from mhsa.run.cpu_kernels import ENV_VARS
 
     return IMPORT_TIME_ENV + ENV_VARS
 
@@ -70,7 +70,7 @@ def preload(tracking_uri: str | None = None) -> list[str]:
     not inherit an OpenMP pool or a CUDA context. Returns the mhsa modules imported."""
     for name in ("torch", "torchvision", "mlflow"):
         importlib.import_module(name)
-    from mhsa.tracking import uri_scheme
+    from mhsa.run.tracking import uri_scheme
 
     if uri_scheme(tracking_uri or "") in ("sqlite", "postgresql", "mysql", "mssql"):
         importlib.import_module("mlflow.store.tracking.sqlalchemy_store")

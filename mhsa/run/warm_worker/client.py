@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from mhsa.warm_worker.channel import (
+from mhsa.run.warm_worker.channel import (
     PROTOCOL,
     Messages,
     WorkerUnavailable,
@@ -34,7 +34,7 @@ GRACE_S = 60.0  # after a forwarded signal, how long the worker has to end the j
 
 
 def run_job(job, results_dir: str | os.PathLike, connect_timeout: float = 300.0) -> int:
-    """Run `job` (a mhsa.train_job.TrainJob) in the warm worker of `results_dir` if one takes it,
+    """Run `job` (a mhsa.run.job.TrainJob) in the warm worker of `results_dir` if one takes it,
     else in this process. Returns the job's exit code (0 = success)."""
     text = job.to_json()
     if unusable_here() is None:
@@ -54,11 +54,11 @@ def unusable_here() -> str | None:
 
 def run_here(text: str) -> int:
     """The job in this process (also the body of a forked child); its exit code."""
-    from mhsa.train_job import TrainJob, run
+    from mhsa.run.job import TrainJob, run
 
     try:
         run(TrainJob.from_json(text))
-    except SystemExit as exit_:  # mhsa.job_log.log_to exits 1 after logging the failure
+    except SystemExit as exit_:  # mhsa.run.job_log.log_to exits 1 after logging the failure
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0
 

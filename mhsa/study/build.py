@@ -6,7 +6,7 @@ per seed). Several rows share a cell (Baseline, MHSA-Net K=8, the K=8 points of 
 and test modes (MHSA-Net vs MHSA-Net*, re-ranking, per-head P_i, Partial-REID from the
 Market-1501 models) are evaluations of the same cell, so the DAG trains each cell once.
 
-Pure Python (no Snakemake): `workflow/rules/common.smk` and `mhsa.tables` both call it.
+Pure Python (no Snakemake): `workflow/rules/common.smk` and `mhsa.study.tables` both call it.
 """
 
 from __future__ import annotations

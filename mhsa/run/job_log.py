@@ -1,7 +1,7 @@
 """A Snakemake job's log: python logging, stdout and stderr of the job go to its log file, and a
 failing job prints one or two lines naming what went wrong (the traceback stays in the log).
 
-Used by the workflow's script adapters and by jobs forked from the warm worker (mhsa.warm_worker).
+Used by the workflow's script adapters and by jobs forked from the warm worker (mhsa.run.warm_worker).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 `train_cell` reads top to bottom: `set_up` (data, seeded model, loss, optimiser) and `resume`, then
 per epoch `train_one_epoch` (`forward_backward` per P x K batch) and `end_of_epoch` (log, optional
 evaluation, checkpoint), then `final_report` (evaluation, attention maps, metrics.json). The
-optimiser and the learning-rate schedule live in `mhsa.optim`.
+optimiser and the learning-rate schedule live in `mhsa.run.optim`.
 
 Checkpoints (every `checkpoint_every` epochs, atomic) live in `ckpt_dir`, outside the DAG's
 declared outputs: rerunning after a crash or kill resumes from the last one. Each epoch
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhsa import cpu_kernels
 from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.batch_transforms import BatchAugment, CachedBatches, CachedEvalBatches
@@ -41,20 +40,21 @@ from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
-from mhsa.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.errors import CheckpointError, DataError, DeviceError
 from mhsa.evaluation import evaluate_modes, extract_features
+from mhsa.evaluation.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
-from mhsa.optim import lr_at, make_optimizer, set_lr
-from mhsa.progress import Progress
-from mhsa.provenance import environment
-from mhsa.sync import final_metrics
-from mhsa.tracking import CellTracker, run_key
+from mhsa.run import cpu_kernels
+from mhsa.run.optim import lr_at, make_optimizer, set_lr
+from mhsa.run.progress import Progress
+from mhsa.run.provenance import environment
+from mhsa.run.sync import final_metrics
+from mhsa.run.tracking import CellTracker, run_key
 
-log = logging.getLogger("mhsa.train")
+log = logging.getLogger("mhsa.run.train")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -178,7 +178,7 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoint
-from mhsa.checkpoint import (  # noqa: E402, F401
+from mhsa.run.checkpoint import (  # noqa: E402, F401
     StaleCheckpointError,
     check_resumable,
     finalize_checkpoint,

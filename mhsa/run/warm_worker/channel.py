@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 PROTOCOL = b"MHSAW2\n"
-PACKAGE = Path(__file__).resolve().parent.parent  # the mhsa this process imported
+PACKAGE = Path(__file__).resolve().parents[2]  # the mhsa this process imported
 
 
 class WorkerUnavailable(OSError):

@@ -13,7 +13,7 @@ Each entry of `figures:` names its `plot.kind`; a table with a `plot:` entry is 
 
 `save_attention_overlay` draws one cell's heads (`results/runs/<cell>/attention.png`).
 
-    python -m mhsa.plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
+    python -m mhsa.study.plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from mhsa.config import ConfigError  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
-from mhsa.study import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
-from mhsa.tables import (  # noqa: E402
+from mhsa.study.build import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
+from mhsa.study.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
     load_metrics,
@@ -551,7 +551,7 @@ def build_all_figures(
 
 
 def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mhsa.plots", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m mhsa.study.plots", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--runs", default="results/runs")

@@ -26,7 +26,7 @@ from mhsa.config import RunConfig, weights_config
 from mhsa.errors import CheckpointError, UserError
 from mhsa.io import atomic_write, clean_stale_temps
 
-log = logging.getLogger("mhsa.checkpoint")
+log = logging.getLogger("mhsa.run.checkpoint")
 
 _REQUIRED = ("model", "optimizer", "epoch")
 

@@ -3,7 +3,7 @@
 A cell that trained while the store was down (or with tracking off) still has everything in its
 run directory: `metrics.json` (config, per-epoch history, final metrics, environment),
 `config.yaml` and `attention.png`. This module writes them into the store as the cell's run, the
-same names and steps `mhsa.train` logs. It is idempotent: the cell's run is found by the run id in
+same names and steps `mhsa.run.train` logs. It is idempotent: the cell's run is found by the run id in
 metrics.json, else by experiment + tag `cell=<cell id>` (the tag training runs carry), and only
 missing params, metric points and artifacts are added, so running it twice changes nothing.
 A cell being trained right now (its run dir is locked) is skipped.
@@ -17,11 +17,11 @@ import math
 import time
 from pathlib import Path
 
-from mhsa.cell_lock import is_locked
 from mhsa.config import flatten
-from mhsa.tracking import default_uri, init_store
+from mhsa.run.cell_lock import is_locked
+from mhsa.run.tracking import default_uri, init_store
 
-log = logging.getLogger("mhsa.sync")
+log = logging.getLogger("mhsa.run.sync")
 
 ARTIFACTS = ("config.yaml", "metrics.json", "attention.png")
 
@@ -36,7 +36,7 @@ def _number(v) -> bool:
 
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The final numbers of a metrics.json as MLflow metrics (logged at the last epoch):
-    `<test set>.<mode>.<metric>` and `train.<key>`. `mhsa.train` logs these, `sync-mlflow` replays them."""
+    `<test set>.<mode>.<metric>` and `train.<key>`. `mhsa.run.train` logs these, `sync-mlflow` replays them."""
     final = {f"{t}.{mode}.{k}": float(v) for t, modes in metrics.get("eval", {}).items()
              for mode, ms in modes.items() for k, v in ms.items() if _number(v)}
     final.update({f"train.{k}": float(v) for k, v in metrics.get("train", {}).items() if _number(v)})

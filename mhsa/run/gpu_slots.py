@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mhsa.file_lock import try_hold
+from mhsa.io import try_hold
 
 SCHEDULER_VARS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 DEFAULT_LOCK_DIR = Path("results") / ".gpu_locks"

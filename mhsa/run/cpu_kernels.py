@@ -33,8 +33,8 @@ import sys
 from importlib import metadata
 
 from mhsa.errors import ConfigError
+from mhsa.switches import CPU_KERNEL_LEVELS as LEVELS
 
-LEVELS = ("native", "portable", "avx2")
 # NumPy >= 2.4 names its dispatch targets by x86-64 level; older releases by single extension
 # (an unknown name is ignored by NumPy, so each release gets the names it knows).
 _NUMPY_DISABLE = {

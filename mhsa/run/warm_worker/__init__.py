@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from mhsa.warm_worker.channel import WorkerUnavailable, private_dir
-from mhsa.warm_worker.client import run_job, unusable_here
-from mhsa.warm_worker.server import THREAD_ENV, WORKER_ENV
+from mhsa.run.warm_worker.channel import WorkerUnavailable, private_dir
+from mhsa.run.warm_worker.client import run_job, unusable_here
+from mhsa.run.warm_worker.server import THREAD_ENV, WORKER_ENV
 
 __all__ = ["run_job", "unusable_here", "start", "stop", "WorkerUnavailable", "THREAD_ENV"]
 
@@ -41,7 +41,7 @@ def start(results_dir, repo, log_path, threads: int, owner_pid: int | None = Non
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     before = Path(log_path).stat().st_size if Path(log_path).exists() else 0
     with open(log_path, "a") as log:
-        cmd = [sys.executable, "-m", "mhsa.warm_worker", "--results", str(Path(results_dir).resolve())]
+        cmd = [sys.executable, "-m", "mhsa.run.warm_worker", "--results", str(Path(results_dir).resolve())]
         if owner_pid:
             cmd += ["--owner", str(owner_pid)]
         # its own session: a Ctrl-C in the terminal reaches Snakemake, which stops the jobs (their

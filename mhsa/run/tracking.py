@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mhsa.config import flatten
-from mhsa.file_lock import held
+from mhsa.io import held
 
-log = logging.getLogger("mhsa.tracking")
+log = logging.getLogger("mhsa.run.tracking")
 
 _RETRIES = 12
 CHECK_TIMEOUT_S = 5.0
@@ -184,7 +184,7 @@ def study_tags(preset: str, results_dir: str | Path) -> dict:
     """Tags naming one study (a preset's cells under one results dir): its parent run's key."""
     where = str(Path(results_dir).resolve())
     key = hashlib.sha1(f"{preset}\n{where}".encode()).hexdigest()[:12]
-    return {"mhsa.study": key, "mhsa.preset": str(preset), "mhsa.results_dir": where}
+    return {"mhsa.study.build": key, "mhsa.preset": str(preset), "mhsa.results_dir": where}
 
 
 def feed_tags(feeds: list[str]) -> dict:
@@ -241,7 +241,7 @@ def find_runs(client, exp_id: str, tags: dict, statuses: tuple | None = None) ->
 
 def study_parent(client, exp_id: str, study: dict, create: bool = False) -> str | None:
     """The study's parent run id (created when asked and absent)."""
-    runs = find_runs(client, exp_id, {"mhsa.study": study["mhsa.study"], "mhsa.role": "study"})
+    runs = find_runs(client, exp_id, {"mhsa.study.build": study["mhsa.study.build"], "mhsa.role": "study"})
     if runs:
         return runs[-1].info.run_id  # the first one created, should two ever exist
     if not create:
@@ -343,8 +343,8 @@ class CellTracker:
 
     def _all_tags(self, exp_id: str, tags: dict) -> dict:
         tags = {**standard_tags(tags), **tags}
-        if "mhsa.study" in tags and "mlflow.parentRunId" not in tags:
-            parent = study_parent(self._client, exp_id, {"mhsa.study": tags["mhsa.study"]})
+        if "mhsa.study.build" in tags and "mlflow.parentRunId" not in tags:
+            parent = study_parent(self._client, exp_id, {"mhsa.study.build": tags["mhsa.study.build"]})
             if parent:
                 tags["mlflow.parentRunId"] = parent
         return tags

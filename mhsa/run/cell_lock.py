@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mhsa.errors import CellBusyError
-from mhsa.file_lock import holder, try_hold
+from mhsa.io import holder, try_hold
 
 LOCK_NAME = ".train.lock"
 

@@ -1,7 +1,7 @@
 """One training job of the workflow: what the `train_cell` rule asks for, as plain data.
 
 The Snakemake adapter (workflow/scripts/train_cell.py) builds a `TrainJob` from its `snakemake`
-object and hands it to `mhsa.warm_worker.run_job`, which runs `run` in a process forked from the
+object and hands it to `mhsa.run.warm_worker.run_job`, which runs `run` in a process forked from the
 warm worker or, when there is none, in the adapter's own process. Either way the job goes through
 JSON first (`from_json(to_json(job))`), so both paths see identical inputs.
 """
@@ -42,20 +42,20 @@ class TrainJob:
 def run(job: TrainJob) -> None:
     """Train (or resume, or re-evaluate) one cell under its locks, logging into job.log.
 
-    A failure prints one line naming the cause and the log file, and exits 1 (mhsa.job_log).
+    A failure prints one line naming the cause and the log file, and exits 1 (mhsa.run.job_log).
     """
-    from mhsa.job_log import log_to
+    from mhsa.run.job_log import log_to
 
     with log_to(job.log) as log:
         _train(job, log)
 
 
 def _train(job: TrainJob, log) -> None:
-    from mhsa.cell_lock import cell_lock
     from mhsa.config import build_run_config
-    from mhsa.gpu_slots import gpu_slot
-    from mhsa.tracking import log_job_log, study_tags
-    from mhsa.train import train_cell
+    from mhsa.run.cell_lock import cell_lock
+    from mhsa.run.gpu_slots import gpu_slot
+    from mhsa.run.tracking import log_job_log, study_tags
+    from mhsa.run.train import train_cell
 
     run_dir, ckpt_dir = Path(job.run_dir), Path(job.ckpt_dir)
     overrides = dict(job.overrides)

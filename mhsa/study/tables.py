@@ -1,0 +1,490 @@
+"""Aggregate `results/runs/<cell>/metrics.json` into the paper's Tables I-XI and the
+two-readings Tables XII-XIII.
+
+Every table is first built as a *tidy* frame (one line per method row x data set x metric, with
+`ours` (mean over seeds), `ours_std`, `n_seeds`, the `paper` value, `delta = ours - paper` and the
+seed-noise flag `within_noise`), then rendered like the paper's table (one line per method, a
+column group per data set) as CSV (tidy), Markdown, HTML and LaTeX. See docs/tables.md.
+
+    python -m mhsa.study.tables --config config.yaml [--preset demo] --runs results/runs --out results/tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mhsa.io import atomic_write_text
+from mhsa.study.build import Study, build_study, load_config, table_number
+
+log = logging.getLogger(__name__)
+
+PAPER_CSV = Path(__file__).with_name("paper_results.csv")
+COLUMNS = ["row", "dataset", "metric", "ours", "ours_std", "n_seeds", "paper", "delta", "within_noise", "own"]
+PAPER_COLUMNS = ["table", "row", "dataset", "metric", "value", "own"]
+TABLE_FORMATS = ("csv", "md", "html", "tex")  # results/tables/table_<N>.<format>
+
+DATASET_NAMES = {
+    "market1501": "Market-1501",
+    "dukemtmc": "DukeMTMC-reID",
+    "cuhk03_detected": "CUHK03-Detected",
+    "cuhk03_labeled": "CUHK03-Labeled",
+    "occluded_duke": "Occluded-DukeMTMC",
+    "p_dukemtmc": "P-DukeMTMC-reID",
+    "partial_reid": "Partial-REID",
+    "partial_ilids": "Partial-iLIDS",
+}
+METRIC_NAMES = {"rank1": "Rank-1", "rank3": "Rank-3", "rank5": "Rank-5", "rank10": "Rank-10", "mAP": "mAP"}
+NOISE_MARK = "≈"
+NOISE_Z = 2.0  # |mean diff| <= NOISE_Z * standard error of the difference -> within seed noise
+
+
+def synthetic_banner(preset: str = "demo") -> str:
+    return (
+        f"SYNTHETIC DATA: these are synthetic-data numbers from the {preset} preset, "
+        "not comparable to the paper's."
+    )
+
+
+def load_paper(path: str | Path | None = None) -> pd.DataFrame:
+    """The transcription of the paper's Tables I-XI (mhsa/study/paper_results.csv by default)."""
+    df = pd.read_csv(
+        path or PAPER_CSV,
+        dtype={"table": str, "row": str, "dataset": str, "metric": str},
+        keep_default_na=False,
+    )
+    missing = [c for c in PAPER_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path or PAPER_CSV}: missing columns {missing}")
+    df["value"] = df["value"].astype(float)
+    df["own"] = df["own"].astype(int)
+    return df[PAPER_COLUMNS]
+
+
+def load_metrics(runs_dir: str | Path) -> dict:
+    """cell id -> parsed metrics.json for every `runs_dir/<cell>/metrics.json` that exists and parses.
+
+    Missing cells are simply absent (tables then show NaN / n_seeds = 0); an unreadable file is
+    skipped with a warning, so a table can be built while a run is still going.
+    """
+    runs_dir = Path(runs_dir)
+    out: dict = {}
+    if not runs_dir.is_dir():
+        return out
+    for path in sorted(runs_dir.glob("*/metrics.json")):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable %s: %s", path, exc)
+            continue
+        if not isinstance(data, dict):
+            log.warning("skipping %s: not a JSON object", path)
+            continue
+        out[path.parent.name] = data
+    return out
+
+
+def metric_value(metrics: dict, cell: str, test_set: str, mode: str, metric: str) -> float | None:
+    """metrics[cell]["eval"][test_set][mode][metric], or None when any level is missing."""
+    try:
+        value = metrics[cell]["eval"][test_set][mode][metric]
+    except (KeyError, TypeError):
+        return None
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def seed_values(metrics: dict, cells: list, test_set: str, mode: str, metric: str) -> list:
+    """The values of one row ref's cells (one per seed) that exist."""
+    vals = (metric_value(metrics, c, test_set, mode, metric) for c in cells)
+    return [v for v in vals if v is not None]
+
+
+# ----------------------------------------------------------------------------- tidy tables
+
+
+def _norm_name(name: str) -> str:
+    """Row name without K tokens: 'K=8 Baseline+MHSAM' -> 'Baseline+MHSAM', 'Baseline (K=8)' -> 'Baseline'."""
+    name = re.sub(r"\(\s*K\s*=\s*\d+\s*\)", "", name)
+    name = re.sub(r"\bK\s*=\s*\d+\b[,\s]*", "", name)
+    return " ".join(name.split())
+
+
+def reference_rows(own_rows: list) -> dict:
+    """own row -> its reference row for the seed-noise check (None for a reference row itself).
+
+    The reference is the nearest preceding row that contains 'Baseline' *and* is the same
+    baseline as the first one up to K tokens (Table X: 'K=7 Baseline+MHSAM', 'K=8 Baseline+MHSAM');
+    without any such row, the table's first row. So Table V's rows all compare with 'Baseline'
+    (not with 'Baseline+MHSAM+...' rows), Tables IX/XI with 'Baseline+MHSAM', Table VIII with
+    its first row 'MHSA-Net*'.
+    """
+    if not own_rows:
+        return {}
+    base = [r for r in own_rows if "Baseline" in r]
+    first_key = _norm_name(base[0]) if base else None
+    refs: dict = {}
+    current = own_rows[0]
+    for r in own_rows:
+        if first_key is not None and "Baseline" in r and _norm_name(r) == first_key:
+            current = r
+            refs[r] = None
+        elif r == own_rows[0]:
+            refs[r] = None
+        else:
+            refs[r] = current
+    return refs
+
+
+def within_noise(a: list, b: list, z: float = NOISE_Z) -> bool | None:
+    """True if |mean(a) - mean(b)| <= z * sqrt(s_a^2/n_a + s_b^2/n_b); None with < 2 seeds on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
+    diff = abs(a_arr.mean() - b_arr.mean())
+    se = math.sqrt(a_arr.var(ddof=1) / len(a_arr) + b_arr.var(ddof=1) / len(b_arr))
+    return bool(diff <= z * se + 1e-12)
+
+
+def _table_spec(study: Study, table_id: str) -> dict:
+    tables = study.config.get("tables", {})
+    if table_id not in tables:
+        raise KeyError(f"table {table_id!r} is not in this study (tables: {list(tables)})")
+    return tables[table_id]
+
+
+def _reference_line(row: str, d: str, m: str, paper_val: dict) -> dict:
+    """A method of another paper: the paper's number only."""
+    return {"row": row, "dataset": d, "metric": m, "ours": np.nan, "ours_std": np.nan, "n_seeds": 0,
+            "paper": paper_val.get((row, d, m), np.nan), "delta": np.nan, "within_noise": None, "own": 0}
+
+
+def _own_line(row: str, d: str, m: str, values: dict, paper_val: dict, ref: str | None) -> dict:
+    """One of our rows: mean/std over seeds, the paper's number, and the seed-noise flag against
+    `ref` (set only where the paper claims an improvement over the reference row)."""
+    vals = values[(row, d, m)]
+    n = len(vals)
+    ours = float(np.mean(vals)) if n else np.nan
+    std = float(np.std(vals, ddof=1)) if n >= 2 else np.nan
+    pv = paper_val.get((row, d, m), np.nan)
+    flag = None
+    if ref is not None:
+        pref = paper_val.get((ref, d, m), np.nan)
+        if not (math.isnan(pv) or math.isnan(pref)) and pv > pref:
+            flag = within_noise(vals, values[(ref, d, m)])
+    return {"row": row, "dataset": d, "metric": m, "ours": ours, "ours_std": std, "n_seeds": n,
+            "paper": pv, "delta": ours - pv, "within_noise": flag, "own": 1}
+
+
+def _own_values(study: Study, table_id: str, metrics: dict, datasets: list, metric_names: list) -> dict:
+    """(row, data set, metric) -> the values of the row's cells (one per finished seed)."""
+    refs = [r for r in study.rows if r.source == "table" and r.table == table_id]
+    refs_by_key = {(r.row, r.dataset): r for r in refs}
+    values: dict = {}
+    for row in dict.fromkeys(r.row for r in refs):
+        for d in datasets:
+            rr = refs_by_key.get((row, d))
+            for m in metric_names:
+                values[(row, d, m)] = seed_values(metrics, rr.cells, d, rr.mode, m) if rr else []
+    return values
+
+
+def _borrowed_paper_values(study: Study, table_id: str, spec: dict, paper: pd.DataFrame) -> dict:
+    """(row, data set, metric) -> the paper's number for rows with a `paper_row`: the paper has no
+    table of its own for them (XII, XIII), so the value is looked up in the paper table that
+    `spec["paper_tables"][data set]` names (e.g. Market-1501 -> Table I), under the row `paper_row`."""
+    sources = spec.get("paper_tables") or {}
+    index = {(t, r, d, m): v for t, r, d, m, v in
+             zip(paper["table"], paper["row"], paper["dataset"], paper["metric"], paper["value"], strict=True)}
+    out = {}
+    for ref in study.rows:
+        if ref.source != "table" or ref.table != table_id or not ref.paper_row or ref.dataset not in sources:
+            continue
+        for m in ref.metrics:
+            value = index.get((str(sources[ref.dataset]), ref.paper_row, ref.dataset, m))
+            if value is not None:
+                out[(ref.row, ref.dataset, m)] = value
+    return out
+
+
+def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One line per (row, data set, metric) of table `table_id`, in the paper's order.
+
+    Reference methods (own=0, from the paper CSV) come first with `ours` NaN; then the own rows in
+    config order. Columns: row, dataset, metric, ours, ours_std, n_seeds, paper, delta,
+    within_noise, own.
+    """
+    if paper is None:
+        paper = load_paper()
+    spec = _table_spec(study, table_id)
+    datasets, metric_names = list(spec["datasets"]), list(spec["metrics"])
+    own_rows = list(dict.fromkeys(r.row for r in study.rows if r.source == "table" and r.table == table_id))
+    tp = paper[paper["table"] == table_id]
+    paper_val = {
+        (r, d, m): v for r, d, m, v in zip(tp["row"], tp["dataset"], tp["metric"], tp["value"], strict=True)
+    }
+    paper_val.update(_borrowed_paper_values(study, table_id, spec, paper))
+    other_rows = [r for r in dict.fromkeys(tp.loc[tp["own"] == 0, "row"]) if r not in own_rows]
+    values = _own_values(study, table_id, metrics, datasets, metric_names)
+    ref_of = reference_rows(own_rows)
+    cells = [(d, m) for d in datasets for m in metric_names]
+    lines = [_reference_line(row, d, m, paper_val) for row in other_rows for d, m in cells]
+    lines += [_own_line(row, d, m, values, paper_val, ref_of.get(row)) for row in own_rows for d, m in cells]
+    df = pd.DataFrame(lines, columns=COLUMNS)
+    df["n_seeds"] = df["n_seeds"].astype(int)
+    df["own"] = df["own"].astype(int)
+    df["within_noise"] = df["within_noise"].astype(object)
+    return df
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def format_cell(line: dict) -> str:
+    """Text of one table cell: paper only (reference rows), `ours (paper, delta)`, `ours ± std (paper)`."""
+    paper, ours, n = line["paper"], line["ours"], int(line["n_seeds"])
+    has_paper = not pd.isna(paper)
+    if not int(line["own"]):
+        return _fmt(paper) if has_paper else "-"
+    if n == 0 or pd.isna(ours):
+        return f"n/a ({_fmt(paper)})" if has_paper else "n/a"
+    if n >= 2:
+        text = f"{_fmt(ours)} ± {_fmt(line['ours_std'])}" + (f" ({_fmt(paper)})" if has_paper else "")
+    else:
+        text = _fmt(ours) + (f" ({_fmt(paper)}, {line['delta']:+.1f})" if has_paper else "")
+    if line.get("within_noise") is True:
+        text += f" {NOISE_MARK}"
+    return text
+
+
+def wide_table(df: pd.DataFrame) -> tuple[list, list, list]:
+    """(column groups [(dataset, [metrics])], row names, cells[row][col]) in the tidy frame's order."""
+    datasets = list(dict.fromkeys(df["dataset"]))
+    groups = [(d, list(dict.fromkeys(df.loc[df["dataset"] == d, "metric"]))) for d in datasets]
+    rows = list(dict.fromkeys(df["row"]))
+    index = {(r["row"], r["dataset"], r["metric"]): r for r in df.to_dict("records")}
+    cells = []
+    for row in rows:
+        line = []
+        for d, ms in groups:
+            for m in ms:
+                rec = index.get((row, d, m))
+                line.append(format_cell(rec) if rec else "")
+        cells.append(line)
+    return groups, rows, cells
+
+
+def _legend(df: pd.DataFrame) -> str:
+    n = int(df.loc[df["own"] == 1, "n_seeds"].max()) if (df["own"] == 1).any() else 0
+    return (
+        f"Cells: `ours (paper, delta)` with one seed, `ours ± std (paper)` with several (max seeds: {n}); "
+        f"reference methods show the paper's number only; `n/a` = not run yet; `{NOISE_MARK}` = the "
+        "paper's improvement over the reference row is within our seed noise (docs/tables.md)."
+    )
+
+
+def render_markdown(
+    df: pd.DataFrame, table_id: str, title: str, synthetic: bool, preset: str = "demo"
+) -> str:
+    groups, rows, cells = wide_table(df)
+    header = ["Method"] + [
+        f"{DATASET_NAMES.get(d, d)} {METRIC_NAMES.get(m, m)}" for d, ms in groups for m in ms
+    ]
+    body = [[r] + c for r, c in zip(rows, cells, strict=True)]
+    table = pd.DataFrame(body, columns=header).to_markdown(index=False, disable_numparse=True)
+    parts = [f"# Table {table_id}: {title}", ""]
+    if synthetic:
+        parts += [f"> **{synthetic_banner(preset)}**", ""]
+    parts += [table, "", _legend(df), ""]
+    return "\n".join(parts)
+
+
+def render_html(df: pd.DataFrame, table_id: str, title: str, synthetic: bool, preset: str = "demo") -> str:
+    groups, rows, cells = wide_table(df)
+    own = dict(zip(df["row"], df["own"], strict=True))
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>Table {e(table_id)}: {e(title)}</title>",
+        "<style>table{border-collapse:collapse;font-family:sans-serif;font-size:13px}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:center}td:first-child{text-align:left}"
+        "tr.ref td{color:#555}.banner{background:#fde2e2;border:2px solid #c00;padding:6px;font-weight:bold}"
+        "</style></head><body>",
+    ]
+    if synthetic:
+        out.append(f'<p class="banner">{e(synthetic_banner(preset))}</p>')
+    out.append(f"<table><caption>Table {e(table_id)}: {e(title)}</caption><thead>")
+    out.append(
+        '<tr><th rowspan="2">Method</th>'
+        + "".join(f'<th colspan="{len(ms)}">{e(DATASET_NAMES.get(d, d))}</th>' for d, ms in groups)
+        + "</tr>"
+    )
+    out.append(
+        "<tr>" + "".join(f"<th>{e(METRIC_NAMES.get(m, m))}</th>" for _, ms in groups for m in ms) + "</tr>"
+    )
+    out.append("</thead><tbody>")
+    for r, c in zip(rows, cells, strict=True):
+        cls = "" if own.get(r, 0) else ' class="ref"'
+        out.append(f"<tr{cls}><td>{e(r)}</td>" + "".join(f"<td>{e(x)}</td>" for x in c) + "</tr>")
+    out.append("</tbody></table>")
+    out.append(f"<p>{e(_legend(df).replace('`', ''))}</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "†": r"$^{\dagger}$",
+    "±": r"$\pm$",
+    NOISE_MARK: r"$\approx$",
+    "*": r"$^{*}$",
+    "`": "",
+}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def render_latex(df: pd.DataFrame, table_id: str, title: str, synthetic: bool, preset: str = "demo") -> str:
+    groups, rows, cells = wide_table(df)
+    own = dict(zip(df["row"], df["own"], strict=True))
+    ncols = sum(len(ms) for _, ms in groups)
+    out = []
+    if synthetic:
+        out.append(f"% {synthetic_banner(preset)}")
+    out += [
+        r"% needs \usepackage{booktabs}",
+        r"\begin{table*}[t]",
+        r"\centering",
+        rf"\caption{{Table {table_id}: {tex_escape(title)}}}",
+    ]
+    if synthetic:
+        out.append(rf"\textbf{{{tex_escape(synthetic_banner(preset))}}}\par\smallskip")
+    out.append(r"\begin{tabular}{l" + "c" * ncols + "}")
+    out.append(r"\toprule")
+    out.append(
+        "Method & "
+        + " & ".join(
+            rf"\multicolumn{{{len(ms)}}}{{c}}{{{tex_escape(DATASET_NAMES.get(d, d))}}}" for d, ms in groups
+        )
+        + r" \\"
+    )
+    col, rules = 2, []
+    for _, ms in groups:
+        rules.append(rf"\cmidrule(lr){{{col}-{col + len(ms) - 1}}}")
+        col += len(ms)
+    out.append(" ".join(rules))
+    out.append(
+        " & " + " & ".join(tex_escape(METRIC_NAMES.get(m, m)) for _, ms in groups for m in ms) + r" \\"
+    )
+    out.append(r"\midrule")
+    seen_own = False
+    for r, c in zip(rows, cells, strict=True):
+        if own.get(r, 0) and not seen_own and any(not own.get(x, 0) for x in rows):
+            out.append(r"\midrule")
+        seen_own = seen_own or bool(own.get(r, 0))
+        out.append(tex_escape(r) + " & " + " & ".join(tex_escape(x) for x in c) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", "", tex_escape(_legend(df)), r"\end{table*}", ""]
+    return "\n".join(out)
+
+
+def write_table(
+    df: pd.DataFrame, table_id: str, title: str, out_dir: str | Path, synthetic: bool, preset: str = "demo"
+) -> list:
+    """Write table_<N>.<format> for each of TABLE_FORMATS atomically (N = arabic table number);
+    returns the paths."""
+    out_dir = Path(out_dir)
+    stem = f"table_{table_number(table_id)}"
+    text = {
+        "csv": lambda: df.to_csv(index=False),
+        "md": lambda: render_markdown(df, table_id, title, synthetic, preset),
+        "html": lambda: render_html(df, table_id, title, synthetic, preset),
+        "tex": lambda: render_latex(df, table_id, title, synthetic, preset),
+    }
+    return [atomic_write_text(out_dir / f"{stem}.{ext}", text[ext]()) for ext in TABLE_FORMATS]
+
+
+# ----------------------------------------------------------------------------- all tables
+
+
+def build_all(
+    study: Study, runs_dir: str | Path, out_dir: str | Path, paper_csv: str | Path | None = None
+) -> dict:
+    """All tables of `study.table_ids()` -> results files + summary.md; returns {table id: tidy frame}."""
+    paper = load_paper(paper_csv)
+    metrics = load_metrics(runs_dir)
+    synthetic = study.config.get("data_source") == "synthetic"
+    preset = str(study.config.get("preset", "demo"))
+    out_dir = Path(out_dir)
+    frames: dict = {}
+    summary = ["# MHSA-Net reproduction: tables", ""]
+    if synthetic:
+        summary += [f"> **{synthetic_banner(preset)}**", ""]
+    summary += [
+        f"Preset `{preset}`, {len(metrics)} finished cell(s) found under `{runs_dir}`.",
+        "",
+        "| Table | Title | rows with results | improvements within noise | files |",
+        "|---|---|---|---|---|",
+    ]
+    for tid in study.table_ids():
+        spec = _table_spec(study, tid)
+        title = spec.get("title", f"Table {tid}")
+        df = tidy_table(study, tid, metrics, paper)
+        write_table(df, tid, title, out_dir, synthetic, preset)
+        frames[tid] = df
+        own = df[df["own"] == 1]
+        done = own.groupby("row", sort=False)["n_seeds"].max()
+        flags = own["within_noise"].dropna()
+        noise = f"{int(sum(flags))}/{len(flags)}" if len(flags) else "n/a"
+        n = table_number(tid)
+        files = " ".join(f"[{ext}](table_{n}.{ext})" for ext in TABLE_FORMATS)
+        summary.append(f"| {tid} | {title} | {int((done > 0).sum())}/{len(done)} | {noise} | {files} |")
+    summary.append("")
+    atomic_write_text(out_dir / "summary.md", "\n".join(summary))
+    return frames
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mhsa.study.tables", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="config.yaml")
+    ap.add_argument("--preset", default=None, help="demo | ci | paper (default: config's `preset`)")
+    ap.add_argument("--runs", default="results/runs")
+    ap.add_argument("--out", default="results/tables")
+    ap.add_argument("--paper", default=None, help="paper CSV (default: mhsa/study/paper_results.csv)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    study = build_study(load_config(args.config), args.preset)
+    frames = build_all(study, args.runs, args.out, args.paper)
+    print(f"wrote {len(frames)} table(s) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
