@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from mhsa.config import ConfigError
+from mhsa.errors import ConfigError
 from mhsa.errors import DataError
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: Market-1501 protocol, k-reciprocal re-ranking, feature extraction and distances.
+"""Evaluation: Market-1501 protocol, k-reciprocal re-ranking, feature extraction and distances, the
+test-mode grammar (`modes`) and the per-cell diagnostics (`diagnostics`: why a cell scores what it does).
 
 The numeric functions are imported on first use, so that the test-mode grammar (`modes`) can be
 read without importing torch."""

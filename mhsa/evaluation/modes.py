@@ -3,7 +3,7 @@
 ``global`` is q* (the Global Feature Branch), ``local`` p* (MHSA-Net*), ``concat`` [p*, q*]
 (MHSA-Net), ``head<i>`` the i-th head embedding P_i (1-based, Table VI); ``_rerank`` adds
 k-reciprocal re-ranking (Table I). The JSON schema of config.yaml uses ``MODE_PATTERN`` verbatim
-(tests/test_schema_drift.py checks it), the study, the run config and feature extraction call
+(tests/workflow/test_schema_drift.py checks it), the study, the run config and feature extraction call
 ``parse_mode``.
 """
 

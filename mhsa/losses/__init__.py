@@ -1,4 +1,5 @@
-"""MHSA-Net losses (paper Eq 3-5, 8, 10-13)."""
+"""MHSA-Net losses (paper Eq 3-5, 8, 10-13): one small file per term, composed with explicit weights by
+`Criterion`, each weighted term returned for logging."""
 
 from mhsa.losses.competition import competition
 from mhsa.losses.criterion import TERMS, Criterion

@@ -26,7 +26,7 @@ from mhsa.switches import DEFAULT_GAMMA
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
 # The keys each part of config.yaml may hold (workflow/schemas/config.schema.yaml lists the same
-# keys; tests/test_schema_drift.py keeps the two equal). A misspelled key is an error, never ignored:
+# keys; tests/workflow/test_schema_drift.py keeps the two equal). A misspelled key is an error, never ignored:
 # a row with `fusoin: concat` would otherwise silently become another row's cell.
 KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce", "authors")
 # `paper_row`: the paper's row whose numbers stand beside this row, looked up in the table's

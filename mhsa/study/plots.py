@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from mhsa.config import ConfigError  # noqa: E402
+from mhsa.errors import ConfigError  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
 from mhsa.study.build import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
 from mhsa.study.tables import (  # noqa: E402

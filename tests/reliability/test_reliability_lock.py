@@ -13,7 +13,7 @@ import pytest
 from mhsa.errors import CellBusyError, describe
 from mhsa.run.cell_lock import cell_lock, is_locked
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _holder(run_dir: Path, ckpt_dir: Path) -> subprocess.Popen:

@@ -8,7 +8,7 @@ import yaml
 
 from mhsa.study.build import build_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_sanity_preset_is_table_ii_with_three_seeds_at_the_study_setting():

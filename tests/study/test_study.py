@@ -7,7 +7,7 @@ import pytest
 
 from mhsa.study.build import StudyError, build_study, cell_overrides, load_config, table_number
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

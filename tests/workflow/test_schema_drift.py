@@ -21,7 +21,7 @@ from mhsa.evaluation.modes import MODE_PATTERN, parse_mode
 from mhsa.model import ATTENTION_LAYERS, BACKBONES, FUSIONS, LAST_STRIDES
 from mhsa.study import build as study
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFS = SCHEMA["definitions"]
 RECIPE = DEFS["recipe"]["properties"]

@@ -149,7 +149,7 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
 def test_ci_tables_equal_the_golden_copy(ci_run):
     """The numbers of the ci preset do not move under a refactoring (tests/golden/README.md)."""
     _, results, _, _ = ci_run
-    golden = Path(__file__).parent / "golden" / "ci_tables"
+    golden = Path(__file__).parents[1] / "golden" / "ci_tables"
     files = sorted(golden.glob("table_*.*"))
     assert files, "no golden tables"
     differ = [f.name for f in files if (results / "tables" / f.name).read_bytes() != f.read_bytes()]

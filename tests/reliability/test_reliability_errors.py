@@ -17,7 +17,7 @@ import torch
 
 from mhsa.errors import describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "mhsa" / "configs" / "smoke.yaml"
 DATA = "results/synthetic/smoke-market1501"  # the smoke config's root, relative to the work dir
 

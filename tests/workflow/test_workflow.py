@@ -20,7 +20,7 @@ import yaml
 
 from mhsa.study.build import build_study, table_number
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 FORMATS = ("csv", "md", "html", "tex")
 # A fixed MLflow URI: the default (sqlite:///<abs results dir>/mlflow.db) differs between the

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "mhsa" / "configs" / "smoke.yaml"
 ARGS = ["train", str(SMOKE), "--set", "tracking.enabled=false", "--set", "optim.epochs=2",
         "--set", "eval.attention_images=2", "--set", "data.height=32", "--set", "data.width=16",

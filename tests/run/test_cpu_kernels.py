@@ -15,7 +15,7 @@ import torch
 from mhsa.config import ConfigError, build_run_config
 from mhsa.run import cpu_kernels
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EMULATED = {  # what another machine's kernels would be, as far as this one can emulate them
     "native": {},
     "aten_default": {"ATEN_CPU_CAPABILITY": "default"},

@@ -13,7 +13,7 @@ import pytest
 from mhsa.data import synthetic
 from mhsa.data.synthetic import generate, is_complete
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(seed=3, num_ids=3, images_per_id=4, height=32, width=16)
 
 

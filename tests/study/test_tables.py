@@ -14,7 +14,7 @@ import yaml
 from mhsa.study.build import build_study, load_config
 from mhsa.study import tables as T
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [0, 1, 2]
 SEED_OFFSET = {0: 0.0, 1: 1.0, 2: 5.0}  # per-seed values base+{0,1,5}: mean base+2, sample std sqrt(7)
 METRIC_OFFSET = {"rank1": 0.0, "rank3": 5.0, "rank5": 10.0, "rank10": 15.0, "mAP": -10.0}

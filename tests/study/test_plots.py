@@ -16,7 +16,7 @@ from mhsa.study.build import build_study, load_config
 from mhsa.study import plots as P
 from mhsa.study.tables import load_paper
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -8,7 +8,7 @@ and the jobs of a killed worker die with it.
 
 Every test runs with its own TMPDIR (the worker's private socket directory lives there).
 A job that blocks is a real training job waiting for a GPU slot whose lock this test holds.
-The e2e test (tests/test_pipeline_e2e.py) runs the ci preset through the worker and compares its
+The e2e test (tests/workflow/test_pipeline_e2e.py) runs the ci preset through the worker and compares its
 tables byte for byte with the golden copy.
 """
 
@@ -33,7 +33,7 @@ from mhsa.run.job import TrainJob
 from mhsa.run.warm_worker import THREAD_ENV, WorkerUnavailable, channel, client, start, stop
 from mhsa.run.warm_worker.client import _submit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLIENT = "import sys; from mhsa.run.job import TrainJob; from mhsa.run.warm_worker import run_job; " \
          "sys.exit(run_job(TrainJob.from_json(sys.argv[1]), sys.argv[2]))"
 

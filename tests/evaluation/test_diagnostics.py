@@ -15,7 +15,7 @@ import torch
 from mhsa.evaluation import diagnostics as D
 from mhsa.losses.fdrt import fdrt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -50,7 +50,7 @@ def test_load_config_names_the_file(tmp_path):
 def test_smoke_config_is_valid():
     from pathlib import Path
 
-    cfg = load_config(Path(__file__).parents[1] / "mhsa" / "configs" / "smoke.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "mhsa" / "configs" / "smoke.yaml")
     assert cfg.data.synthetic is not None and cfg.optim.epochs >= 1
 
 

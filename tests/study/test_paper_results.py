@@ -10,7 +10,7 @@ import pytest
 from mhsa.study.build import load_config
 from mhsa.study.tables import PAPER_CSV, load_paper
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METRICS = {"rank1", "rank3", "rank5", "rank10", "mAP"}
 # Method rows per table in the paper (reference methods + the paper's own rows).
 ROW_COUNTS = {

@@ -114,7 +114,7 @@ def test_dataset_seed_is_the_workflows_rule_in_config_order():
     from mhsa.config import ConfigError
     from mhsa.data.synthetic import dataset_seed
 
-    order = list(yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["datasets"])
+    order = list(yaml.safe_load((Path(__file__).parents[2] / "config.yaml").read_text())["datasets"])
     assert order == names()
     assert [dataset_seed(n) for n in order] == [1000 + i for i in range(len(order))]
     with pytest.raises(ConfigError, match="unknown data set 'nope'"):
