@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from mhsa.config import ConfigError
-from mhsa.study.build import build_study, load_config
 from mhsa.study import plots as P
+from mhsa.study.build import build_study, load_config
 from mhsa.study.tables import load_paper
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mhsa.study.build import build_study, load_config
 from mhsa.study import tables as T
+from mhsa.study.build import build_study, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [0, 1, 2]
