@@ -1,4 +1,4 @@
-"""The demo study of docs/demo-study.md (issue 14): Baseline vs MHSA-Net (K=8) on the synthetic
+"""The demo study of docs/demo-study.md: Baseline vs MHSA-Net (K=8) on the synthetic
 Occluded-DukeMTMC of the demo preset, several settings x seeds, one training cell per config.
 
     python benchmarks/demo_study.py configs --out /tmp/study/cfg --data /tmp/study/data  # one YAML per cell

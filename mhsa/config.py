@@ -57,7 +57,7 @@ class ModelConfig:
     last_stride: int = SWITCHES["last_stride"]
     attention_layers: int = SWITCHES["attention_layers"]  # 3: one more 512->512 layer (see attention_mlp)
     feat_dim: int = SWITCHES["feat_dim"]
-    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
     attention_softmax: str = SWITCHES["attention_softmax"]
     attention_mlp: str = SWITCHES["attention_mlp"]
     saffm_form: str = SWITCHES["saffm_form"]
@@ -79,7 +79,7 @@ class LossConfig:
     fdrt_norm: str = "l1"  # l1 (Eq. 3) | fro (authors' code)
     competition_form: str = "paper"  # paper (Eq. 12) | code (sum of alpha < 0.01, unsquared)
     ihtl_self_positive: bool = False  # True: authors' code (anchor's own heads are positives)
-    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
     distance: str = "squared"  # squared (Eq. 4-5) | euclidean (authors: triplet and IHTL)
     fdrt_form: str = "paper"  # paper (Eq. 3, with fdrt_norm) | authors (Gram of raw P, 1/25, batch sum)
     competition_reduction: str = "mean"  # mean over images | sum (authors' trainer)
@@ -120,7 +120,7 @@ class OptimConfig:
     epochs: int = 400
     freeze_attention_mlp: bool = False  # True reproduces the authors' optimizer bug
     grad_clip: float = 0.0
-    # --- the authors' public code as a second reading (issue 12); the defaults are the paper's text
+    # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
     param_set: str = "all"  # all | authors (leaves out attention MLP, Eq. 2 linear, SAFFM last layer, LayerNorm)
     warmup: str = "linear"  # linear | staircase (authors: lr * (e*10 // warmup_epochs + 1) / 10)
 
@@ -331,7 +331,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-# --- the authors' public code as a second reading (issue 12) ------------------------------------
+# --- the authors' public code as a second reading (docs/paper-to-code.md "Two readings") ---------------
 # dotted key -> allowed values; the first value is the default (the paper's reading)
 AUTHORS_CHOICES = {
     "model.attention_softmax": ATTENTION_SOFTMAXES,
@@ -345,7 +345,7 @@ AUTHORS_CHOICES = {
     "optim.warmup": WARMUPS,
     "eval.rerank_input": RERANK_INPUTS,
 }
-# weight-defining keys added for issue 12 with their defaults: left out of `weights_config` while at their
+# weight-defining keys of the second reading, with their defaults: left out of `weights_config` while at their
 # default, so checkpoints and digests of paper-reading cells stay what they were before the switches existed
 _AUTHORS_WEIGHT_DEFAULTS = {
     **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},

@@ -12,7 +12,7 @@ LAST_STRIDES = (1, 2)
 # 2: the paper's Eq 1 MLP; 3: one more hidden layer (the authors' MLP is ATTENTION_MLPS' "authors")
 ATTENTION_LAYERS = (2, 3)
 
-# The authors' public code as a second reading (issue 12; mhsa/model/authors.py, docs/paper-to-code.md):
+# The authors' public code as a second reading (mhsa/model/authors.py, docs/paper-to-code.md "Two readings"):
 # each tuple's first value is the paper's reading and the default.
 ATTENTION_SOFTMAXES = ("heads", "positions")  # alpha over the K heads per position (Eq 1), or per head over h*w
 ATTENTION_MLPS = ("paper", "authors")  # C->512->K, or the code's C->1024->256->K

@@ -232,7 +232,7 @@ def _body_box(rng: np.random.Generator, p: Person, h: int, w: int):
     return x0, y0, bw, bh
 
 
-# ---- occlusion knob (issue 14): how hard the occluded variant is. The defaults draw exactly what the
+# ---- occlusion knob (docs/demo-study.md): how hard the occluded variant is. The defaults draw exactly what the
 # generator drew before the knob existed (same RNG calls in the same order), so default data sets
 # are byte-identical to earlier ones.
 OCCLUDER_KINDS = ("car", "pole", "blob", "person")

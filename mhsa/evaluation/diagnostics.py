@@ -1,5 +1,5 @@
 """Why a cell scores what it scores: per-branch retrieval, attention entropy and head overlap, and the
-weighted contribution of each loss term over epochs (issue 14).
+weighted contribution of each loss term over epochs (docs/demo-study.md).
 
 Pure functions on numpy arrays and plain dicts (no torch, no plotting), so the training loop can call
 ``cell_diagnostics`` after its final evaluation and the figures (``mhsa.study.diagnostic_plots``) can be

@@ -38,7 +38,7 @@ def lr_at(cfg: Any, epoch: int) -> float:
 def make_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Adam (the paper) or SGD with momentum over the model's parameters, weight decay on all of them."""
     o = _section(cfg)
-    frozen = frozen_parameter_names(model, o.param_set)  # the authors' get_optim_policy (issue 12 c)
+    frozen = frozen_parameter_names(model, o.param_set)  # the authors' get_optim_policy (paper-to-code.md (c))
     params = [p for n, p in model.named_parameters()
               if not (o.freeze_attention_mlp and n.startswith(ATTENTION_MLP_PREFIX)) and n not in frozen]
     if o.name == "sgd":

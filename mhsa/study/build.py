@@ -33,7 +33,7 @@ KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "resi
 # `paper_tables` (data set -> paper table id); for rows the paper has no table of its own (XII, XIII).
 ROW_KEYS = ("row", "variant", "mode", "paper_row", *KNOBS)
 
-# The public code's differences (issue 12 B, docs/paper-to-code.md "Reading 2") as the `authors`
+# The public code's differences (docs/paper-to-code.md "Reading 2") as the `authors`
 # run-config keys each one sets; cell ids name them by tag. Order fixes the id; j2 before j (superset).
 AUTHORS_TAGS = (
     ("a", {"model.attention_softmax": "positions"}),

@@ -140,7 +140,7 @@ def test_cli_default_seed_is_the_dataset_seed(tmp_path):
     assert tree_hash(tmp_path / "cli") == tree_hash(direct)
 
 
-# ---- occlusion knob (issue 14)
+# ---- occlusion knob (docs/demo-study.md)
 # sha256 of the pixels of 40 occluded renders (all four occluder kinds occur), computed with the
 # generator as it was before the knob existed (commit 086cd3b): the defaults must draw the same images.
 PRE_KNOB_OCCLUDED_PIXELS = "c94aa644959b2cb32790e5e2eb0695ea4ba0bf2392423036420d66d36f1383f6"

@@ -1,4 +1,5 @@
-"""The authors' public code as a second reading (issue 12): each switch changes what it says, and only that.
+"""The authors' public code as a second reading (docs/paper-to-code.md "Two readings"): each switch changes
+what it says, and only that.
 
 References are written from the authors' code (hongchenphd/MHSA-Net 317160e) or by hand, never by calling
 the code under test.

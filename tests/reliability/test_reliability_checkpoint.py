@@ -1,5 +1,5 @@
 """Checkpoints: last.pt + prev.pt kept, corrupt/truncated files fall back with a warning, a clear
-error when none is left, and temp files of killed writes cleaned (issue 11, items 5 and 6)."""
+error when none is left, and temp files of killed writes cleaned (docs/reliability.md, cases 5 and 6)."""
 
 import logging
 import os

@@ -1,4 +1,4 @@
-"""Data checks before anything trains (issue 11, items 7 and 8): statistics against the published
+"""Data checks before anything trains (docs/reliability.md, cases 7 and 8): statistics against the published
 ones (a synthetic set against its own parameters), every problem of every set at once, and test
 sets decoded with at least one valid query."""
 

@@ -1,4 +1,4 @@
-"""Every bad input of issue 11 item 9 gives one line naming the key or file, exits non-zero, and
+"""Every bad input of docs/reliability.md case 9 gives one line naming the key or file, exits non-zero, and
 keeps the traceback out of the terminal (in the --log file, or shown with --debug).
 
 Most cases call the CLI's `main` in-process (one torch import for all); the YAML, log-file and

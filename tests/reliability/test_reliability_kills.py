@@ -1,5 +1,5 @@
 """kill -9 at every moment of a cell's life, then rerun: the cell ends with the metrics of an
-uninterrupted run, its final checkpoint (last.pt, weights only) and no temp files (issue 11, items 5, 6).
+uninterrupted run, its final checkpoint (last.pt, weights only) and no temp files (docs/reliability.md, cases 5, 6).
 
 The kill is injected, not timed: a small wrapper around `python -m mhsa` sends SIGKILL to its own
 process at a chosen optimiser step, in the middle of a checkpoint write (half the temp file

@@ -1,4 +1,4 @@
-"""Per-cell lock (issue 11, item 10): a rerun never trains a cell that another live process is
+"""Per-cell lock (docs/reliability.md, case 10): a rerun never trains a cell that another live process is
 training; it stops at once naming that PID. A killed holder frees the cell."""
 
 import os

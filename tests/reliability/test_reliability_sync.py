@@ -1,5 +1,5 @@
 """`python -m mhsa sync-mlflow RESULTS_DIR` replays finished cells into the store, idempotently
-(issue 11, item 3: runs trained while the store was down are not lost)."""
+(docs/reliability.md, case 3: runs trained while the store was down are not lost)."""
 
 import subprocess
 from pathlib import Path

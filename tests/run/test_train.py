@@ -63,7 +63,7 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert {"ce_global", "ce_local", "triplet_local", "fdrt", "ihtl", "competition"} <= set(saved["history"][0])
     assert (tmp_path / "a" / "attention.npz").exists() and (tmp_path / "a" / "config.yaml").exists()
     assert not (tmp_path / "a" / "attention.png").exists()  # the figures step draws it, not training
-    diag = saved["diagnostics"]  # issue 14: branches, attention entropy/overlap, weighted loss curves
+    diag = saved["diagnostics"]  # docs/demo-study.md: branches, attention entropy/overlap, weighted loss curves
     assert diag["branches"]["target"] == "market1501"
     assert diag["branches"]["branches"]["global"]["rank1"] == saved["eval"]["market1501"]["global"]["rank1"]
     assert 0 <= diag["attention"]["entropy_norm_mean"] <= 1

@@ -35,7 +35,8 @@ def paper() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tables() -> dict:
-    """The paper's own tables; XII and XIII (issue 12) borrow their paper numbers (`paper_tables`)."""
+    """The paper's own tables; XII and XIII (docs/paper-to-code.md "Two readings") borrow their paper numbers
+    (`paper_tables`)."""
     return {t: s for t, s in load_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" not in s}
 
 

@@ -78,7 +78,7 @@ def _with(config, **sections):
 
 
 def test_misspelled_knob_in_a_row_is_rejected_naming_row_and_key(config):
-    """issue 11: `fusoin: concat` used to plan 10 cells instead of 11 and report the SAFFM cell."""
+    """docs/reliability.md case 2: `fusoin: concat` used to plan 10 cells instead of 11 and report the SAFFM cell."""
     cfg = copy.deepcopy(config)
     row = cfg["tables"]["VIII"]["rows"][1]
     row["fusoin"] = row.pop("fusion")
@@ -131,7 +131,7 @@ def test_gamma_defaults_come_from_the_competition_loss(config):
     assert cell_overrides(study, fdrt)["loss"]["gamma"] == config["variant_defaults"]["gamma"] == DEFAULT_GAMMA
 
 
-# ----------------------------------------------------------------------------- two readings (issue 12)
+# ---------------------------------------------------- two readings (docs/paper-to-code.md "Two readings")
 
 FULL = "mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001"
 
@@ -259,7 +259,7 @@ def test_two_readings_tables_run_in_paper_and_demo_not_ci(config):
 
 
 def test_every_cell_is_evaluated_in_every_branch(config):
-    """Per-branch diagnostics (issue 14): q*, p*, [p*, q*] and each head, whatever the rows need."""
+    """Per-branch diagnostics (docs/demo-study.md): q*, p*, [p*, q*] and each head, whatever the rows need."""
     study = build_study(config, "ci")
     for cell in study.cells.values():
         for target in cell_overrides(study, cell)["eval"]["targets"].values():

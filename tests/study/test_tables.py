@@ -268,7 +268,7 @@ def test_unknown_table(study, paper):
         T.tidy_table(study, "I", {}, paper)  # not in the ci preset
 
 
-# ----------------------------------------------------------------------------- two readings (issue 12)
+# ---------------------------------------------------- two readings (docs/paper-to-code.md "Two readings")
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def test_schema_rejects_invalid_config(wf):
     assert proc.returncode != 0
     assert "minimum" in proc.stdout + proc.stderr
 
-    # a misspelled knob is rejected by the schema, not silently dropped (issue 11)
+    # a misspelled knob is rejected by the schema, not silently dropped (docs/reliability.md case 2)
     edit_config(wf, "{row: K=1, variant: mhsam, K: 0}", "{row: K=1, variant: mhsam, K: 1}")
     edit_config(wf, "variant: mhsa_net, fusion: concat, mode: local", "variant: mhsa_net, fusoin: concat, mode: local")
     proc = snakemake(wf, "-n", "tables", "--config", "preset=ci", check=False)
