@@ -95,7 +95,8 @@ def reeval(run_dir: Path, data_dir: Path, num_ids: int) -> dict:
 
     from mhsa.config import load_config
     from mhsa.model import build_model
-    from mhsa.run.train import ensure_data, evaluate_cell, load_checkpoint
+    from mhsa.run.checkpoint import load_checkpoint
+    from mhsa.run.train import ensure_data, evaluate_cell
 
     cfg = load_config(run_dir / "config.yaml")
     torch.set_num_threads(1)

@@ -55,6 +55,15 @@ _OPEN_STATUSES = ("RUNNING", "SCHEDULED", "KILLED", "FAILED")
 
 
 # ------------------------------------------------------------------------------- the store
+def store_failed(uri: str, what: str, err, consequence: str) -> None:
+    """The one policy for a tracking store that fails: training and tables never stop for it; one
+    WARNING line on stderr (and in the log) says what failed, what goes on, and how to catch up."""
+    msg = (f"MLflow tracking store {uri!r} failed while {what}: {err}. {consequence}; nothing is lost: "
+           f"`{SYNC_HINT}` (or `snakemake --forcerun tables` for the tables) replays it once the store is up.")
+    log.warning(msg)
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
 def default_uri(results_dir: str | Path = "results") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -184,7 +193,7 @@ def study_tags(preset: str, results_dir: str | Path) -> dict:
     """Tags naming one study (a preset's cells under one results dir): its parent run's key."""
     where = str(Path(results_dir).resolve())
     key = hashlib.sha1(f"{preset}\n{where}".encode()).hexdigest()[:12]
-    return {"mhsa.study.build": key, "mhsa.preset": str(preset), "mhsa.results_dir": where}
+    return {"mhsa.study": key, "mhsa.preset": str(preset), "mhsa.results_dir": where}
 
 
 def feed_tags(feeds: list[str]) -> dict:
@@ -241,7 +250,7 @@ def find_runs(client, exp_id: str, tags: dict, statuses: tuple | None = None) ->
 
 def study_parent(client, exp_id: str, study: dict, create: bool = False) -> str | None:
     """The study's parent run id (created when asked and absent)."""
-    runs = find_runs(client, exp_id, {"mhsa.study.build": study["mhsa.study.build"], "mhsa.role": "study"})
+    runs = find_runs(client, exp_id, {"mhsa.study": study["mhsa.study"], "mhsa.role": "study"})
     if runs:
         return runs[-1].info.run_id  # the first one created, should two ever exist
     if not create:
@@ -295,11 +304,8 @@ class CellTracker:
         self._client = None
 
     def _fail(self, what: str, err: Exception | str) -> None:
-        msg = (f"MLflow tracking store {self.uri!r} failed while {what}: {err}. The cell keeps "
-               f"training and still writes metrics.json; tracking is off for this run (replay it "
-               f"later with `{SYNC_HINT}`).")
-        log.error(msg)
-        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+        store_failed(self.uri, what, err, "The cell keeps training and writes metrics.json; tracking is off "
+                     "for this run")
         self.enabled = False
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
@@ -343,8 +349,8 @@ class CellTracker:
 
     def _all_tags(self, exp_id: str, tags: dict) -> dict:
         tags = {**standard_tags(tags), **tags}
-        if "mhsa.study.build" in tags and "mlflow.parentRunId" not in tags:
-            parent = study_parent(self._client, exp_id, {"mhsa.study.build": tags["mhsa.study.build"]})
+        if "mhsa.study" in tags and "mlflow.parentRunId" not in tags:
+            parent = study_parent(self._client, exp_id, {"mhsa.study": tags["mhsa.study"]})
             if parent:
                 tags["mlflow.parentRunId"] = parent
         return tags
@@ -431,10 +437,8 @@ def log_run_artifacts(uri: str | None, runs) -> int:
                 continue
             done += 1
     except Exception as err:
-        msg = (f"MLflow tracking store {uri!r} failed while logging figures: {err}. "
-               f"{done} run(s) updated; the figures are written, the remaining runs are not updated.")
-        log.error(msg)
-        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+        store_failed(uri, "logging figures", err, f"The figures are written; {done} run(s) were updated, the "
+                     "others not")
     if missing:
         log.warning("%d run(s) are not in %s (another store since training?), not updated: %s",
                     len(missing), uri, ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
@@ -444,25 +448,26 @@ def log_run_artifacts(uri: str | None, runs) -> int:
 def log_job_log(uri: str | None, run_id: str | None, path: str | Path) -> None:
     """Attach a job's log file (the Snakemake log) to the cell's run, under logs/."""
     uri = uri or default_uri()
-    if not run_id or not Path(path).exists() or check_store(uri):
+    if not run_id or not Path(path).exists():
         return
     try:
+        problem = check_store(uri)
+        if problem:
+            raise ConnectionError(f"not reachable ({problem})")
         _retry(_client(uri).log_artifact, run_id, str(path), "logs")
     except Exception as err:  # the cell is finished: a log upload must not fail it
-        log.warning("job log %s not logged to MLflow run %s: %s", path, run_id, err)
+        store_failed(uri, f"attaching the job log {path} to run {run_id}", err, "The cell is finished")
 
 
 def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs: dict) -> list[str]:
     """Log the tables and figures (dirs: {artifact path: local dir}) to each study parent run and
     mark it FINISHED. Returns the parent run ids; a store that is down is reported, not raised."""
     uri = uri or default_uri(study.get("mhsa.results_dir", "results"))
-    problem = check_store(uri)
-    if problem:
-        log.warning("tables/figures not logged to MLflow %s (%s); rerun `snakemake --forcerun tables` "
-                    "or `%s` once it is up", uri, problem, SYNC_HINT)
-        return []
     parents = []
     try:
+        problem = check_store(uri)
+        if problem:
+            raise ConnectionError(f"not reachable ({problem})")
         client, _ = open_store(uri, experiments[0], study.get("mhsa.results_dir", "results"))
         for name in experiments:
             exp_id = _experiment_id(client, name, study.get("mhsa.results_dir", "results"))
@@ -473,5 +478,5 @@ def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs
             _retry(client.set_terminated, parent, "FINISHED")
             parents.append(parent)
     except Exception as err:  # the tables are built: MLflow mirrors them, it must not fail them
-        log.warning("tables/figures not logged to MLflow %s: %s", uri, err)
+        store_failed(uri, "logging the tables and figures", err, "The tables and figures are written")
     return parents

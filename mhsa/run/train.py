@@ -48,6 +48,7 @@ from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
 from mhsa.run import cpu_kernels
+from mhsa.run.checkpoint import check_resumable, finalize_checkpoint, load_checkpoint, save_checkpoint
 from mhsa.run.optim import lr_at, make_optimizer, set_lr
 from mhsa.run.progress import Progress
 from mhsa.run.provenance import environment
@@ -175,16 +176,6 @@ def _sigterm_as_interrupt():
 def _restore_sigterm(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
-
-
-# ------------------------------------------------------------------------ checkpoint
-from mhsa.run.checkpoint import (  # noqa: E402, F401
-    StaleCheckpointError,
-    check_resumable,
-    finalize_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
 
 
 # ------------------------------------------------------------------------ evaluation

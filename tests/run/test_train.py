@@ -17,6 +17,7 @@ from mhsa.model import build_model
 from mhsa.model.build import build_model_from_config
 from mhsa.run import optim
 from mhsa.run import train as train_mod
+from mhsa.run.checkpoint import StaleCheckpointError
 
 METRICS = {"rank1", "rank5", "rank10", "mAP", "mINP", "mAP@50"}
 
@@ -107,7 +108,7 @@ def test_changed_config_refuses_the_stale_checkpoint(data_root, tmp_path):
     train_mod.train_cell(cfg, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     changed = tiny_cfg(data_root, tmp_path, name="stale", loss={"lambda1": 0.5})
     changed.optim.epochs = 1
-    with pytest.raises(train_mod.StaleCheckpointError, match=r"loss\.lambda1: 0\.0001 -> 0\.5"):
+    with pytest.raises(StaleCheckpointError, match=r"loss\.lambda1: 0\.0001 -> 0\.5"):
         train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     # Runtime settings do not invalidate it: more workers or another test batch resume fine.
     same = tiny_cfg(data_root, tmp_path, name="stale", data={"test_batch": 7})
