@@ -16,6 +16,7 @@ from snakemake.io import report as report_flag
 from mhsa.config import build_run_config, weights_digest
 from mhsa.cpu_kernels import pin_env
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
+from mhsa.io import results_dir_problem
 from mhsa.study import (
     StudyError,
     build_study,
@@ -26,15 +27,29 @@ from mhsa.study import (
 from mhsa.tables import TABLE_FORMATS
 from mhsa.tracking import default_uri
 
+
+def results_dir_given():
+    """`--config results_dir=DIR` on the command line, else None. Snakemake merges it into `config`
+    like config.yaml's own default, so it is read where Snakemake keeps the command line's values
+    apart: an explicit results_dir wins over a preset's own (docs/workflow.md, "Presets").
+    """
+    given = workflow.config_settings.config or {}
+    return str(given["results_dir"]) if "results_dir" in given else None
+
+
 try:
     # `--config preset=paper` lands in config["preset"] and wins over config.yaml.
-    STUDY = build_study(config, config.get("preset"))
+    STUDY = build_study(config, config.get("preset"), results_dir_given())
 except StudyError as err:
     raise WorkflowError(str(err)) from None
 
 CFG = STUDY.config  # the preset-resolved config
 PRESET = CFG["preset"]
 RESULTS = str(CFG.get("results_dir", "results")).rstrip("/")
+# A file where the results directory should be breaks even a dry-run's DAG (a Snakemake traceback):
+# one line instead. Whether it can be written is checked by onstart, for real runs only.
+if results_dir_problem(RESULTS, write=False):
+    raise WorkflowError(results_dir_problem(RESULTS, write=False))
 WF = CFG.get("workflow") or {}
 SYNTHETIC = CFG["data_source"] == "synthetic"
 DATASETS = list(CFG["datasets"])
@@ -60,6 +75,15 @@ MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
 # any job imports torch, so local jobs, the warm worker and the tables step inherit it, and cluster
 # jobs (which re-parse this file) export the same. This process computes nothing with torch.
 os.environ.update(pin_env(CFG["recipe"].get("cpu_kernels", "native")))
+
+
+def check_results_dir():
+    """onstart (real runs only): the results directory can be written, else one line naming it. Not at
+    parse time: a dry-run or `--report` over finished results on a read-only disk is fine.
+    """
+    problem = results_dir_problem(RESULTS)
+    if problem:
+        raise WorkflowError(f"{problem}. No job was started.")
 
 
 def check_cluster_tracking():
