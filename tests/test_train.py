@@ -107,7 +107,11 @@ def test_changed_config_refuses_the_stale_checkpoint(data_root, tmp_path):
     train_mod.train_cell(cfg, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     changed = tiny_cfg(data_root, tmp_path, name="stale", loss={"lambda1": 0.5})
     changed.optim.epochs = 1
-    with pytest.raises(train_mod.StaleCheckpointError, match=r"loss\.lambda1: 0\.0001 -> 0\.5"):
+    # the finished cell's metrics.json is refused first (it would be overwritten), then its checkpoint
+    with pytest.raises(train_mod.StaleCheckpointError, match=r"metrics\.json holds .*loss\.lambda1: 0\.0001 -> 0\.5"):
+        train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
+    (tmp_path / "stale" / "metrics.json").unlink()
+    with pytest.raises(train_mod.StaleCheckpointError, match=r"checkpoint .*loss\.lambda1: 0\.0001 -> 0\.5"):
         train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     # Runtime settings do not invalidate it: more workers or another test batch resume fine.
     same = tiny_cfg(data_root, tmp_path, name="stale", data={"test_batch": 7})
