@@ -21,15 +21,35 @@ import numpy as np
 
 from mhsa.errors import ResultsError
 
-__all__ = ["REDO", "check_cell_outputs", "corrupt", "read_attention", "read_metrics"]
+__all__ = ["REDO", "CorruptResultError", "check_cell_outputs", "corrupt", "raise_all", "read_attention",
+           "read_metrics"]
 
 # What to do about a corrupt output of a cell: Snakemake reruns a job whose output is missing.
 REDO = "delete it, then rerun Snakemake (it retrains that cell) or `python -m mhsa train` into that folder"
 ATTENTION_KEYS = ("images", "alpha")
 
 
-def corrupt(path: str | Path, reason: str) -> ResultsError:
-    return ResultsError(f"{path}: corrupt {Path(path).name} ({reason}); {REDO}")
+class CorruptResultError(ResultsError):
+    """One corrupt file of a cell (`path`, `reason`)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: corrupt {Path(path).name} ({reason}); {REDO}")
+        self.path, self.reason = str(path), reason
+
+
+def corrupt(path: str | Path, reason: str) -> CorruptResultError:
+    return CorruptResultError(path, reason)
+
+
+def raise_all(errors: list) -> None:
+    """One ResultsError for every file of `errors` (all at once, not one per rerun); nothing if empty."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        listed = "; ".join(f"{e.path} ({e.reason})" if isinstance(e, CorruptResultError) else str(e)
+                           for e in errors)
+        raise ResultsError(f"{len(errors)} corrupt results files: {listed}; delete them, then rerun Snakemake "
+                           "(it retrains those cells) or `python -m mhsa train` into those folders")
 
 
 def _number_problem(ev: dict) -> str | None:
@@ -106,13 +126,10 @@ def check_cell_outputs(metrics_files, attention_files) -> None:
         try:
             read_metrics(path, Path(path).parent.name)
         except ResultsError as err:
-            bad.append(str(err))
+            bad.append(err)
     for path in attention_files:
         try:
             read_attention(path)
         except ResultsError as err:
-            bad.append(str(err))
-    if len(bad) == 1:
-        raise ResultsError(bad[0])
-    if bad:
-        raise ResultsError(f"{len(bad)} corrupt results files: " + " | ".join(bad))
+            bad.append(err)
+    raise_all(bad)

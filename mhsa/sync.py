@@ -19,7 +19,7 @@ from pathlib import Path
 from mhsa.cell_lock import is_locked
 from mhsa.config import flatten
 from mhsa.errors import ResultsError
-from mhsa.results import corrupt, read_metrics
+from mhsa.results import corrupt, raise_all, read_metrics
 from mhsa.tracking import default_uri, init_store
 
 log = logging.getLogger("mhsa.sync")
@@ -150,13 +150,13 @@ def sync_results(results_dir: str | Path, tracking_uri: str | None = None) -> di
         try:
             cells[path.parent] = finished_cell(path)
         except ResultsError as err:
-            bad.append(str(err))
+            bad.append(err)
     done = _sync_cells(uri, cells) if cells else {}
     if not cells and not bad:
         log.warning("no finished cell (runs/*/metrics.json) under %s", results_dir)
-    if bad:
-        synced = f"; the {len(done)} other cell(s) were replayed" if done else ""
-        raise ResultsError(" | ".join(bad) + synced)
+    if done and bad:
+        log.warning("replayed %d cell(s); %d could not be read", len(done), len(bad))
+    raise_all(bad)
     return done
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
-from mhsa.results import read_metrics
+from mhsa.results import raise_all, read_metrics
 from mhsa.study import Study, build_study, load_config, table_number
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,8 @@ def load_metrics(runs_dir: str | Path, cells=None) -> dict:
         try:
             out[path.parent.name] = read_metrics(path, None if cells is None else path.parent.name)
         except ResultsError as err:
-            bad.append(str(err))
-    if len(bad) == 1:
-        raise ResultsError(bad[0])
-    if bad:
-        raise ResultsError(f"{len(bad)} unreadable metrics.json files: " + " | ".join(bad))
+            bad.append(err)
+    raise_all(bad)
     return out
 
 
