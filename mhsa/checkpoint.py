@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mhsa.config import RunConfig, weights_config
+from mhsa.config import RunConfig, config_diff, weights_config
 from mhsa.errors import CheckpointError, ResultsError, UserError
 from mhsa.io import atomic_write, clean_stale_temps
 from mhsa.results import read_metrics
@@ -130,14 +130,8 @@ def load_checkpoint(path: str | Path) -> dict | None:
     return None
 
 
-def _config_diff(saved: dict, now: dict) -> str:
-    """'key: old -> new, ...' of the weight-defining keys that differ ('' when none)."""
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    return ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8]) + (" ..." if len(diff) > 8 else "")
-
-
 def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
-    shown = _config_diff(state.get("weights_config", {}), weights_config(cfg))
+    shown = config_diff(state.get("weights_config", {}), weights_config(cfg))
     if shown:
         raise StaleCheckpointError(
             f"checkpoint {path} was trained with another config ({shown}); delete it to start over, "
@@ -157,7 +151,7 @@ def check_finished_run(cfg: RunConfig, out_dir: str | Path) -> None:
     except ResultsError as err:  # nothing of it can be kept: the rerun replaces it
         log.warning("%s; training the cell again replaces it", err)
         return
-    shown = _config_diff(saved, weights_config(cfg))
+    shown = config_diff(saved, weights_config(cfg))
     if shown:
         raise StaleResultsError(
             f"{path} holds a cell finished with another config ({shown}); a rerun there would overwrite "

@@ -526,7 +526,8 @@ def build_run_config(recipe: dict | None = None, overrides: dict | None = None,
 def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"run config file {str(path)!r} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"run config file {str(path)!r} {what}")
     data = load_file(path) or {}  # a key given twice is an error (mhsa.yamlio); malformed YAML names file and line
     try:
         return build_run_config(data, None, dotted)
@@ -564,6 +565,12 @@ def weights_config(cfg: RunConfig | dict) -> dict[str, str]:
     return {k: str(v) for k, v in sorted(flat.items())
             if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS
             and not (k in _AUTHORS_WEIGHT_DEFAULTS and v == _AUTHORS_WEIGHT_DEFAULTS[k])}
+
+
+def config_diff(saved: dict, now: dict) -> str:
+    """'key: old -> new, ...' of two `weights_config` dicts, the keys that differ ('' when none)."""
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8]) + (" ..." if len(diff) > 8 else "")
 
 
 def weights_digest(cfg: RunConfig) -> str:

@@ -194,10 +194,21 @@ def resolve_preset(config: dict, preset: str | None = None, results_dir: str | N
         out["results_dir"] = str(results_dir)
     elif "results_dir" in p:  # presets keep their runs apart: paper results never overwrite demo ones
         out["results_dir"] = p["results_dir"]
+    where = "--config results_dir" if results_dir is not None else (
+        f"presets.{preset}.results_dir" if "results_dir" in p else "results_dir")
+    out["results_dir"] = _results_dir(where, out.get("results_dir", "results"))
     for part in ("tables", "figures"):
         if part in p:
             out[part] = _preset_selection(config, preset, part, p[part])
     return out
+
+
+def _results_dir(where: str, value) -> str:
+    """A folder name: an empty one (or "/") would put runs/, tables/ and the store at the file system's root."""
+    if not isinstance(value, str) or not value.strip().rstrip("/"):
+        prefix = "" if where.startswith("--") else "config.yaml: "
+        raise StudyError(f"{prefix}{where}: expected the name of a folder, e.g. results/ci, got {value!r}")
+    return value
 
 
 def _preset_selection(config: dict, preset: str, part: str, names) -> dict:

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mhsa.config import build_run_config, config_diff, weights_config
 from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
 from mhsa.results import raise_all, read_metrics
-from mhsa.study import Study, build_study, load_config, table_number
+from mhsa.study import Study, build_study, cell_overrides, load_config, table_number
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,50 @@ def load_metrics(runs_dir: str | Path, cells=None) -> dict:
             bad.append(err)
     raise_all(bad)
     return out
+
+
+def _stale(study: Study, metrics: dict) -> list[str]:
+    """Finished cells trained under another weight-defining config than the study gives them now."""
+    recipe = study.config.get("recipe", {})
+    by_diff: dict[str, list[str]] = {}
+    for cid, m in metrics.items():
+        cell = study.cells.get(cid)
+        if cell is None or not isinstance(m.get("config"), dict):
+            continue
+        wanted = build_run_config(recipe, cell_overrides(study, cell))
+        shown = config_diff(weights_config(m["config"]), weights_config(wanted))
+        if shown:
+            by_diff.setdefault(shown, []).append(cid)
+    out = []
+    for shown, cids in by_diff.items():
+        listed = ", ".join(cids[:3]) + (f" and {len(cids) - 3} more" if len(cids) > 3 else "")
+        out.append(f"{len(cids)} cell(s) trained with another config ({shown}): {listed}")
+    return out
+
+
+def _unevaluated(study: Study, metrics: dict) -> list[str]:
+    """Finished cells without the results (test set, test mode) one of the study's rows shows."""
+    out = []
+    for ref in study.rows:
+        for cid in ref.cells:
+            if cid in metrics and ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
+                line = f"{cid} has no {ref.mode!r} results on {ref.dataset}"
+                if line not in out:
+                    out.append(line)
+    return out
+
+
+def check_current(study: Study, metrics: dict, runs_dir: str | Path) -> None:
+    """Each finished cell holds what the study asks of it now: its weight-defining config and every test
+    mode its rows show. Snakemake reruns a changed cell first; `python -m mhsa.tables` after an edit of
+    config.yaml, or outputs accepted with `snakemake --touch`, would otherwise show other numbers under
+    the row's name, or n/a (docs/reliability.md, "Corrupt results")."""
+    problems = _stale(study, metrics) + _unevaluated(study, metrics)
+    if problems:
+        more = f" and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ResultsError(f"{runs_dir}: finished cells do not match config.yaml: "
+                           + "; ".join(problems[:MAX_PROBLEMS]) + more + "; rerun Snakemake (it retrains or "
+                           "re-evaluates them), or delete their metrics.json")
 
 
 def require_runs(study: Study, runs_dir: str | Path, metrics: dict) -> None:
@@ -489,6 +534,7 @@ def build_all(
     """All tables of `study.table_ids()` -> results files + summary.md; returns {table id: tidy frame}."""
     paper = load_paper(paper_csv)
     metrics = load_metrics(runs_dir, study.cells)
+    check_current(study, metrics, runs_dir)
     synthetic = study.config.get("data_source") == "synthetic"
     preset = str(study.config.get("preset", "demo"))
     out_dir = Path(out_dir)

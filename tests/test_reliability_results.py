@@ -24,8 +24,11 @@ def study():
     return build_study(load_config(ROOT / "config.yaml"), "ci")
 
 
-def _metrics(cell: str) -> dict:
-    return {"cell": cell, "eval": {"occluded_duke": {"global": {"rank1": 50.0, "mAP": 40.0}}}, "train": {}}
+def _metrics(cell: str, targets: dict | None = None) -> dict:
+    """A metrics.json of `cell` with every (test set, mode) of `targets` (one by default)."""
+    targets = targets or {"occluded_duke": ["global"]}
+    return {"cell": cell, "eval": {t: {m: {"rank1": 50.0, "mAP": 40.0} for m in modes} for t, modes in targets.items()},
+            "train": {}}
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def runs(tmp_path, study) -> Path:
     root = tmp_path / "runs"
     for cid in study.cells:
         (root / cid).mkdir(parents=True)
-        (root / cid / "metrics.json").write_text(json.dumps(_metrics(cid)))
+        (root / cid / "metrics.json").write_text(json.dumps(_metrics(cid, study.cells[cid].targets)))
         np.savez(root / cid / "attention.npz", images=np.zeros((2, 16, 8, 3), np.uint8),
                  alpha=np.ones((2, 1, 4, 2), np.float32))
     return root
@@ -226,3 +229,35 @@ def test_the_error_stays_until_the_file_is_dealt_with(runs, study):
             T.load_metrics(runs, study.cells)
     bad.unlink()
     assert len(T.load_metrics(runs, study.cells)) == len(study.cells) - 1
+
+
+def test_results_of_another_config_or_without_a_rows_mode_are_refused(runs, study, tmp_path):
+    """`python -m mhsa.tables` after an edit of config.yaml (or outputs accepted with --touch): the old
+    numbers would stand under the edited rows, or show n/a."""
+    from mhsa.config import build_run_config
+    from mhsa.study import cell_overrides
+
+    recipe = study.config["recipe"]
+    cells = list(study.cells)
+    for cid in cells:  # what training records: the resolved run config
+        m = json.loads((runs / cid / "metrics.json").read_text())
+        m["config"] = build_run_config(recipe, cell_overrides(study, study.cells[cid])).to_dict()
+        m["config"]["threads"] = 7  # a runtime key: never a difference
+        (runs / cid / "metrics.json").write_text(json.dumps(m))
+    assert len(T.build_all(study, runs, tmp_path / "ok")) == 4
+
+    stale = json.loads((runs / cells[0] / "metrics.json").read_text())
+    stale["config"]["optim"]["epochs"] = 3
+    (runs / cells[0] / "metrics.json").write_text(json.dumps(stale))
+    partial = json.loads((runs / cells[1] / "metrics.json").read_text())
+    dataset, modes = next(iter(partial["eval"].items()))
+    mode = next(m for ref in study.rows for m in [ref.mode] if cells[1] in ref.cells and ref.dataset == dataset)
+    del modes[mode]
+    (runs / cells[1] / "metrics.json").write_text(json.dumps(partial))
+    with pytest.raises(ResultsError) as err:
+        T.build_all(study, runs, tmp_path / "tables")
+    msg = str(err.value)
+    assert f"1 cell(s) trained with another config (optim.epochs: 3 -> 2): {cells[0]}" in msg, msg
+    assert f"{cells[1]} has no {mode!r} results on {dataset}" in msg
+    assert "rerun Snakemake (it retrains or re-evaluates them)" in msg
+    assert not (tmp_path / "tables").exists()

@@ -362,3 +362,49 @@ def test_a_yaml_syntax_error_in_config_yaml_names_line_and_column(tmp_path, copy
         main(["--config", str(wd / "config.yaml"), "--runs", str(tmp_path)])
     assert exit_.value.code == 1
     assert f"error: {wd / 'config.yaml'}, line 12, column 1: malformed YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["", "/", "  "])
+def test_an_empty_results_dir_never_means_the_root_of_the_file_system(value):
+    from mhsa.study import StudyError, build_study, load_config
+
+    config = load_config(REPO / "config.yaml")
+    with pytest.raises(StudyError, match="--config results_dir: expected the name of a folder"):
+        build_study(config, "ci", results_dir=value)
+    with pytest.raises(StudyError, match="presets.ci.results_dir: expected the name of a folder"):
+        build_study({**config, "presets": {**config["presets"], "ci": {**config["presets"]["ci"],
+                                                                         "results_dir": value}}}, "ci")
+
+
+# --------------------------------------------------------------------- more files, one line each
+def test_a_corrupt_image_cache_is_one_line_naming_it(tmp_path):
+    from mhsa.data.cache import CorruptCacheError, DecodedCache
+
+    bad = tmp_path / "market1501-query-64x32-abc.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(CorruptCacheError) as err:
+        DecodedCache._load(bad, (1, 3, 64, 32))
+    assert describe(err.value).startswith(f"decoded-image cache {bad} is unreadable") and "delete it" in str(err.value)
+
+
+def test_a_full_disk_while_generating_a_synthetic_set_names_the_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mhsa.data.synthetic import generate
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError) as err:
+        generate(tmp_path / "m", "market1501", seed=0, num_ids=2, images_per_id=3, height=64, width=32)
+    msg = describe(err.value)
+    assert msg.startswith(str(tmp_path / "m")) and msg.endswith(".jpg: No space left on device; the disk is full; "
+                                                                "free space or choose another output directory")
+
+
+def test_a_run_config_that_is_a_directory(tmp_path):
+    from mhsa.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)

@@ -104,6 +104,10 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+class CorruptCacheError(DataError, OSError):
+    """A decoded-image cache file that cannot be read or holds the wrong array; the message names it."""
+
+
 class UnreadableImagesError(DataError):
     """Images of a split that do not decode, all of them (`paths`), not only the first."""
 
@@ -198,10 +202,11 @@ class DecodedCache:
         try:
             images = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as err:
-            raise OSError(f"decoded-image cache {path} is unreadable ({err}); delete it to rebuild") from err
+            raise CorruptCacheError(f"decoded-image cache {path} is unreadable ({err}); delete it to "
+                                    "rebuild") from None
         if images.dtype != np.uint8 or images.shape != shape:
-            raise OSError(f"decoded-image cache {path} holds {images.dtype} {images.shape}, expected uint8 "
-                          f"{shape}; delete it to rebuild")
+            raise CorruptCacheError(f"decoded-image cache {path} holds {images.dtype} {images.shape}, expected "
+                                    f"uint8 {shape}; delete it to rebuild")
         return images
 
     def __len__(self) -> int:

@@ -512,10 +512,13 @@ def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlus
                      occlusion)
         path = out / shot.rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".png":
-            img.save(path, format="PNG")
-        else:
-            img.save(path, format="JPEG", quality=95)
+        options = {"format": "PNG"} if path.suffix == ".png" else {"format": "JPEG", "quality": 95}
+        try:
+            img.save(path, **options)
+        except OSError as err:  # PIL's write errors (a full disk) name no file: the one line should
+            if err.filename is None:
+                err.filename = str(path)
+            raise
 
 
 def generate(
