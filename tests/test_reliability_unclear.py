@@ -12,7 +12,6 @@ and run in a user namespace (skipped where there is none).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -87,19 +86,19 @@ def test_an_out_of_range_knob_stops_before_anything_runs(cli, work, item, messag
 
 
 # ------------------------------------------------------------------- a finished --out, counts
-@pytest.fixture(scope="module")
-def finished(work):
-    """One finished cell with keep_weights: false (its checkpoint is gone once metrics.json is written)."""
-    from mhsa.__main__ import main
+@pytest.fixture
+def finished(work, tmp_path):
+    """What a cell finished with keep_weights: false leaves: metrics.json (recording its resolved config)
+    and config.yaml, no checkpoint (a real run of it: tests/test_reliability_kills.py)."""
+    from mhsa.config import load_config, save_config
+    from mhsa.io import atomic_write_json
 
-    out = work / "finished"
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        assert main(["train", str(SMOKE), *SMALL, "--out", str(out)]) == 0
-    finally:
-        os.chdir(cwd)
-    assert not list((out / "checkpoints").glob("*.pt"))
+    cfg = load_config(SMOKE, [a for a in SMALL if a != "--set"])
+    out = tmp_path / "finished"
+    (out / "checkpoints").mkdir(parents=True)
+    atomic_write_json(out / "metrics.json", {"cell": cfg.name, "config": cfg.to_dict(),
+                                             "eval": {"market1501": {"global": {"rank1": 50.0}}}})
+    save_config(cfg, out / "config.yaml")
     return out
 
 
@@ -114,12 +113,14 @@ def test_a_rerun_with_another_config_never_overwrites_a_finished_cell(cli, finis
     assert not list((finished / "checkpoints").glob("*.pt"))  # nothing trained
 
 
-def test_metrics_json_records_the_counts_behind_the_numbers(finished):
-    m = json.loads((finished / "metrics.json").read_text())
-    test = m["data"]["test"]["market1501"]
-    assert m["data"]["train"] == {"dataset": "market1501", "images": 128, "identities": 16, "cameras": 6}
-    assert test["queries"] > 0 and test["gallery"] > 0 and test["query_identities"] == 16
-    assert test["num_valid_queries"] == test["queries"]  # every synthetic query has a match
+def test_the_same_config_is_not_refused(finished):
+    """A rerun with only runtime keys changed (a test mode, the threads) re-evaluates: no refusal."""
+    from mhsa.checkpoint import check_finished_run
+    from mhsa.config import load_config
+
+    cfg = load_config(SMOKE, [a for a in SMALL if a != "--set"] + ["threads=3", "data.test_batch=7"])
+    check_finished_run(cfg, finished)
+    check_finished_run(load_config(SMOKE, ["loss.lambda1=0.5"]), finished.parent / "elsewhere")
 
 
 def test_queries_without_a_valid_match_are_warned_about_and_counted(caplog):

@@ -68,6 +68,11 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert diag["branches"]["branches"]["global"]["rank1"] == saved["eval"]["market1501"]["global"]["rank1"]
     assert 0 <= diag["attention"]["entropy_norm_mean"] <= 1
     assert diag["losses"]["epochs"] == [1, 2, 3] and set(diag["losses"]["weighted"]) >= {"fdrt", "ihtl"}
+    # what the numbers are averaged over (docs/reliability.md, "Counts")
+    data = saved["data"]
+    assert data["train"]["dataset"] == "market1501" and data["train"]["images"] > 0 and data["train"]["identities"] > 0
+    test = data["test"]["market1501"]
+    assert test["queries"] > 0 and test["gallery"] > 0 and 0 < test["num_valid_queries"] <= test["queries"]
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
