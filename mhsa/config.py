@@ -271,9 +271,10 @@ class Range:
 
 NONNEG, POSITIVE, COUNT, UNIT = Range(0), Range(0, lo_open=True), Range(1), Range(0, 1)
 # Every int and float knob of the run config, with its range: the one place bounds live
-# (docs/architecture.md, "Where each allowed value and default lives"). `validate` checks each;
-# tests/test_config.py fails when a numeric field of any section has no entry here, and
-# tests/test_schema_drift.py when workflow/schemas/config.schema.yaml states other bounds.
+# (docs/architecture.md, "Where each allowed value and default lives"). `validate` checks each (the
+# synthetic generator checks its own parameters against them too); tests/test_schema_drift.py fails
+# when a numeric field of any section has no entry here, or workflow/schemas/config.schema.yaml
+# states other bounds.
 # Relations between knobs (warm-up within the epochs, K within the feature map, P within the
 # identities) are checked in code below and by the data checks.
 BOUNDS: dict[str, Range] = {
@@ -318,8 +319,8 @@ BOUNDS: dict[str, Range] = {
     "data.synthetic.num_ids": COUNT,
     "data.synthetic.images_per_id": Range(3),  # one train, one query, one gallery image at least
     "data.synthetic.num_cams": Range(2),  # query and gallery cameras differ
-    "data.synthetic.height": COUNT,
-    "data.synthetic.width": COUNT,
+    "data.synthetic.height": Range(15),  # the generator's clutter needs height // 3 > 4 pixels
+    "data.synthetic.width": Range(10),  # ... and width // 2 > 4
 }
 SYNTHETIC_KEYS = ("seed", "num_ids", "images_per_id", "num_cams", "height", "width", "variant", "occlusion")
 TARGET_KEYS = ("root", "modes", "synthetic")  # an entry of eval.targets

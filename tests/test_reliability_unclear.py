@@ -75,6 +75,7 @@ def one_line(err: list, *needles) -> str:
     ("optim.lr=.inf", "config key 'optim.lr': expected a finite number, got inf"),
     ("eval.attention_images=0", "config key 'eval.attention_images': must be >= 1, got 0"),
     ("data.synthetic.num_ids=0", "config key 'data.synthetic.num_ids': must be >= 1, got 0"),
+    ("data.synthetic.width=8", "config key 'data.synthetic.width': must be >= 10, got 8"),
     ("data.synthetic.num_idz=4", "unknown generator parameter(s) ['num_idz']"),
     ("eval.targets={market1501: {root: x, mode: [global]}}", "unknown key(s) ['mode']"),
 ])
@@ -409,3 +410,17 @@ def test_a_run_config_that_is_a_directory(tmp_path):
 
     with pytest.raises(ConfigError, match="is a directory, not a file"):
         load_config(tmp_path)
+
+
+def test_the_synthetic_generator_checks_its_parameters_against_the_same_bounds(tmp_path):
+    """A 16x8 stand-in used to end in `ValueError: low >= high` deep in the renderer."""
+    from mhsa.config import ConfigError
+    from mhsa.data.synthetic import generate
+
+    for kw, key in ((dict(height=16, width=8), "'width' must be an integer >= 10, got 8"),
+                    (dict(height=14), "'height' must be an integer >= 15, got 14"),
+                    (dict(num_cams=1), "'num_cams' must be an integer >= 2")):
+        with pytest.raises(ConfigError, match=key):
+            generate(tmp_path / "m", "market1501", **kw)
+    assert not (tmp_path / "m").exists()
+    generate(tmp_path / "m", "market1501", num_ids=1, images_per_id=3, height=15, width=10)  # the bound itself

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
+import numbers
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from mhsa.config import BOUNDS
 from mhsa.errors import ConfigError
 from mhsa.file_lock import held
 from mhsa.io import atomic_write_text
@@ -464,8 +466,13 @@ def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, wid
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     num_cams = num_cams or LAYOUTS[layout][1]
-    if num_ids < 1 or images_per_id < 3 or num_cams < 2:
-        raise ConfigError("need num_ids >= 1, images_per_id >= 3 and num_cams >= 2 (query + gallery cameras)")
+    values = dict(seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams, height=height,
+                  width=width)
+    for key, value in values.items():  # the bounds of mhsa.config.BOUNDS, the one place they live
+        bound = BOUNDS[f"data.synthetic.{key}"]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not bound.contains(value):
+            raise ConfigError(f"synthetic data parameter {key!r} must be an integer {bound.text()}, got {value!r} "
+                              "(data.synthetic, presets.<name>.synthetic)")
     return dict(layout=layout, seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams,
                 height=height, width=width, variant=variant)
 
