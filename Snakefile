@@ -12,6 +12,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# config.yaml read with the project's strict YAML loader before Snakemake's own (docs/reliability.md)
+include: "workflow/rules/config_files.smk"
+
+
 configfile: "config.yaml"
 
 
@@ -28,6 +32,7 @@ report: "workflow/report/workflow.rst"
 
 
 onstart:
+    check_results_dir()
     check_cluster_tracking()
     check_real_data()
     start_warm_worker()

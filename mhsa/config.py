@@ -8,6 +8,7 @@ lambda2=1, lambda3=1e-3, gamma=1e-3). An unknown key or an out-of-range value is
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ import yaml
 
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import RERANK_DEFAULTS, parse_mode
+from mhsa.io import load_file, load_text
 from mhsa.switches import (
     ATTENTION_LAYERS,
     ATTENTION_MLPS,
     ATTENTION_SOFTMAXES,
     BACKBONES,
+    BOUNDS,
     COMPETITION_FORMS,
     COMPETITION_REDUCTIONS,
     CPU_KERNEL_LEVELS,
@@ -30,12 +33,14 @@ from mhsa.switches import (
     FDRT_NORMS,
     FUSIONS,
     INITS,
+    LAST_STRIDES,
     LOSS_WEIGHTS,
     PARAM_SETS,
     RERANK_INPUTS,
     SAFFM_FORMS,
     SWITCHES,
     WARMUPS,
+    Range,
     feature_map_size,
 )
 
@@ -196,13 +201,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return str(value)
     if name == "list" or str(typ).startswith("list"):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, f"config key {key!r}")
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
         return value
     if "dict" in str(typ):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, f"config key {key!r}")
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
         return value
@@ -239,11 +244,45 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
     _check(key, value in allowed, f"must be one of {'|'.join(map(str, allowed))}, got {value!r}")
 
 
+# ------------------------------------------------------------------------------------------ bounds
+SYNTHETIC_KEYS = ("seed", "num_ids", "images_per_id", "num_cams", "height", "width", "variant", "occlusion")
+TARGET_KEYS = ("root", "modes", "synthetic")  # an entry of eval.targets
+
+
+def _get(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def _check_number(key: str, value: Any, bound: Range) -> None:
+    _check(key, isinstance(value, int | float) and not isinstance(value, bool),
+           f"expected a number, got {value!r}")
+    _check(key, not (isinstance(value, float) and not math.isfinite(value)), f"expected a finite number, got {value!r}")
+    _check(key, bound.contains(value), f"must be {bound.text()}, got {value!r}")
+
+
+def _check_bounds(cfg: RunConfig) -> None:
+    """Every entry of BOUNDS, for the value the config holds (lists: each element; a synthetic
+    parameter only when data.synthetic sets it)."""
+    for key, bound in BOUNDS.items():
+        if key.startswith("data.synthetic."):
+            synthetic = cfg.data.synthetic or {}
+            name = key.rsplit(".", 1)[1]
+            if synthetic.get(name) is not None:
+                _check_number(key, synthetic[name], bound)
+            continue
+        value = _get(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            _check_number(key, v, bound)
+
+
 def _check_model(m: ModelConfig) -> None:
-    _check("model.num_heads", m.num_heads >= 1, f"K must be >= 1, got {m.num_heads}")
     _one_of("model.fusion", m.fusion, FUSIONS)
     _one_of("model.backbone", m.backbone, BACKBONES)
     _one_of("model.attention_layers", m.attention_layers, ATTENTION_LAYERS)
+    _one_of("model.last_stride", m.last_stride, LAST_STRIDES)
 
 
 def _check_heads(cfg: RunConfig) -> None:
@@ -261,33 +300,30 @@ def _check_heads(cfg: RunConfig) -> None:
 
 
 def _check_loss(lo: LossConfig) -> None:
-    for key in ("lambda1", "lambda2", "lambda3", "label_smoothing"):
-        _check(f"loss.{key}", getattr(lo, key) >= 0, f"must be >= 0, got {getattr(lo, key)}")
-    _check("loss.gamma", lo.gamma > 0, f"gamma must be > 0, got {lo.gamma}")
     _one_of("loss.fdrt_norm", lo.fdrt_norm, FDRT_NORMS)
     _one_of("loss.competition_form", lo.competition_form, COMPETITION_FORMS)
 
 
 def _check_data(d: DataConfig) -> None:
-    _check("data.p", d.p >= 2, f"a batch needs >= 2 identities for the triplet losses, got {d.p}")
-    _check("data.k", d.k >= 2, f"a batch needs >= 2 images per identity for the triplet losses, got {d.k}")
-    _check("data.height", d.height >= 16 and d.width >= 16, f"input {d.height}x{d.width} is too small")
-    _check("data.random_erasing", 0 <= d.random_erasing <= 1, f"a probability, got {d.random_erasing}")
-    _check("data.workers", d.workers >= 0, f"must be >= 0, got {d.workers}")
+    _check("data.synthetic", d.synthetic is None or isinstance(d.synthetic, dict),
+           f"expected a mapping of generator parameters or null, got {d.synthetic!r}")
+    unknown = sorted(set(d.synthetic or {}) - set(SYNTHETIC_KEYS))
+    _check("data.synthetic", not unknown,
+           f"unknown generator parameter(s) {unknown}; known: {', '.join(SYNTHETIC_KEYS)}")
 
 
 def _check_optim(o: OptimConfig) -> None:
     _one_of("optim.name", o.name, OPTIMIZERS)
-    _check("optim.lr", o.lr > 0, f"must be > 0, got {o.lr}")
-    _check("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}")
-    _check("optim.decay", o.decay >= 0, f"must be >= 0, got {o.decay}")
-    _check("optim.epochs", o.epochs >= 1, f"must be >= 1, got {o.epochs}")
-    _check("optim.warmup_epochs", 0 <= o.warmup_epochs <= o.epochs, f"must be in [0, epochs], got {o.warmup_epochs}")
-    _check("optim.milestones", list(o.milestones) == sorted(o.milestones), f"must increase, got {o.milestones}")
+    _check("optim.warmup_epochs", o.warmup_epochs <= o.epochs, f"must be in [0, epochs], got {o.warmup_epochs}")
+    # strictly: a milestone given twice would decay the lr twice at that epoch
+    _check("optim.milestones", all(a < b for a, b in zip(o.milestones, o.milestones[1:], strict=False)),
+           f"must strictly increase (each milestone once), got {o.milestones}")
 
 
 def check_modes(key: str, modes: list, m: ModelConfig) -> None:
-    """Each test mode parses, exists for this model (MHSAM, K heads); raises naming `key`."""
+    """Each test mode parses, exists for this model (MHSAM, K heads) and is listed once; raises naming `key`."""
+    repeated = sorted({m for m in modes if modes.count(m) > 1})
+    _check(key, not repeated, f"test mode(s) {repeated} listed more than once; list each once")
     for mode in modes:
         try:
             base, head, _ = parse_mode(mode)
@@ -300,33 +336,29 @@ def check_modes(key: str, modes: list, m: ModelConfig) -> None:
 
 
 def _check_eval(e: EvalConfig, m: ModelConfig) -> None:
-    _check("eval.rerank_k1", e.rerank_k1 >= 1, f"must be >= 1, got {e.rerank_k1}")
-    _check("eval.rerank_k2", e.rerank_k2 >= 1, f"must be >= 1, got {e.rerank_k2}")
-    _check("eval.rerank_lambda", 0 <= e.rerank_lambda <= 1, f"a weight in [0, 1], got {e.rerank_lambda}")
     e.targets = e.targets or {}  # `--set eval.targets=null`: no targets, i.e. the training set's own test split
     for name, target in e.targets.items():
         key = f"eval.targets.{name}"
         _check(key, isinstance(target, dict) and "root" in target, "each target needs a `root` (and optional `modes`)")
+        unknown = sorted(set(target) - set(TARGET_KEYS))
+        _check(key, not unknown, f"unknown key(s) {unknown}; allowed: {', '.join(TARGET_KEYS)}")
         modes = target.get("modes") or []
         _check(f"{key}.modes", isinstance(modes, list), f"expected a list of test modes, got {modes!r}")
         check_modes(f"{key}.modes", modes, m)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    _check_data(cfg.data)  # data.synthetic's type first: _check_bounds reads its parameters
+    _check_bounds(cfg)
     _check_model(cfg.model)
     _check_heads(cfg)
     _check_loss(cfg.loss)
-    _check_data(cfg.data)
     _check_optim(cfg.optim)
     _check_eval(cfg.eval, cfg.model)
     _check("amp", cfg.amp in AMP_MODES, f"must be one of {'|'.join(AMP_MODES)}, got {cfg.amp!r}"
            + (" (quote 'off': YAML reads a bare off as false)" if cfg.amp in ("False", "None") else ""))
     _one_of("cpu_kernels", cfg.cpu_kernels, CPU_KERNEL_LEVELS)
-    _check("checkpoint_every", cfg.checkpoint_every >= 0, f"must be >= 0, got {cfg.checkpoint_every}")
     _validate_cache(cfg.data)
-    for name, target in cfg.eval.targets.items():
-        _check(f"eval.targets.{name}", isinstance(target, dict) and "root" in target,
-               "each target needs a `root` (and optional `modes`)")
     _validate_authors_switches(cfg)
     return cfg
 
@@ -360,8 +392,6 @@ def _validate_authors_switches(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         _check(key, value in choices, f"must be {'|'.join(choices)}, got {value!r}")
     m = cfg.model
-    _check("loss.competition_threshold", cfg.loss.competition_threshold > 0,
-           f"must be > 0, got {cfg.loss.competition_threshold}")
     _check("model.shared_classifier", not (m.shared_classifier and m.fusion == "concat"),
            "one classifier for p* and z needs p* of z's size; fusion: concat makes p* K*512-d")
     _check("model.attention_mlp", not (m.attention_mlp == "authors" and m.attention_layers != 2),
@@ -374,14 +404,22 @@ def _validate_cache(d: DataConfig) -> None:
         d.cache = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False,
                    "auto": "auto"}[d.cache.lower()]
     _check("data.cache", d.cache == "auto" or isinstance(d.cache, bool), f"must be auto|true|false, got {d.cache!r}")
-    _check("data.cache_max_gb", d.cache_max_gb >= 0, f"must be >= 0 (GiB), got {d.cache_max_gb}")
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    """A value given as YAML text (--set, a string for a list or mapping), with the strict loader."""
+    try:
+        return load_text(text, where)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML value {text!r} ({problem})") from None
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set loss.lambda1=1e-4")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    return key.strip().split("."), _yaml_value(raw, f"--set {item}")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -412,9 +450,9 @@ def build_run_config(recipe: dict | None = None, overrides: dict | None = None,
 def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"run config file {str(path)!r} does not exist")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"run config file {str(path)!r} {what}")
+    data = load_file(path) or {}  # a key given twice is an error (mhsa.io); malformed YAML names file and line
     try:
         return build_run_config(data, None, dotted)
     except ConfigError as err:
@@ -443,13 +481,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def weights_config(cfg: RunConfig) -> dict[str, str]:
+def weights_config(cfg: RunConfig | dict) -> dict[str, str]:
     """The part of the config that determines the trained weights: dotted keys -> values as strings
-    (the form a checkpoint stores and compares, and the digest hashes)."""
-    flat = flatten(cfg.to_dict())
+    (the form a checkpoint stores and compares, and the digest hashes). `cfg` may also be the
+    resolved config a metrics.json records (`RunConfig.to_dict()`)."""
+    flat = flatten(cfg if isinstance(cfg, dict) else cfg.to_dict())
     return {k: str(v) for k, v in sorted(flat.items())
             if k not in _RUNTIME_KEYS and k.split(".")[0] not in _RUNTIME_KEYS
             and not (k in _AUTHORS_WEIGHT_DEFAULTS and v == _AUTHORS_WEIGHT_DEFAULTS[k])}
+
+
+def config_diff(saved: dict, now: dict) -> str:
+    """'key: old -> new, ...' of two `weights_config` dicts, the keys that differ ('' when none)."""
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8]) + (" ..." if len(diff) > 8 else "")
 
 
 def weights_digest(cfg: RunConfig) -> str:

@@ -8,7 +8,9 @@ file where a directory should be, malformed YAML) into such a line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import sys
 
 
 class UserError(Exception):
@@ -40,6 +42,12 @@ class CellBusyError(UserError):
     """Another live process is training the same cell."""
 
 
+class ResultsError(UserError):
+    """A results file the tables, figures, diagnostics or sync read (metrics.json, attention.npz,
+    paper_results.csv, a runs directory) that is missing, corrupt or inconsistent; the message names
+    the file and what to do (usually: delete it, and Snakemake retrains the cell)."""
+
+
 _OS_HINTS = {
     errno.EROFS: "the file system is read-only; choose a writable output directory",
     errno.EACCES: "permission denied; choose a directory you can write to",
@@ -49,6 +57,9 @@ _OS_HINTS = {
     errno.EEXIST: "a file is in the way of a directory; remove it or choose another path",
     errno.ENOTDIR: "a file is in the way of a directory; remove it or choose another path",
     errno.EISDIR: "a directory is in the way of a file; remove it or choose another path",
+    errno.EFBIG: "the file is larger than this system allows (ulimit -f, the file system's limit); "
+                 "choose another output directory",
+    errno.EIO: "an input/output error of the disk; check the disk or choose another output directory",
 }
 
 
@@ -70,10 +81,27 @@ def describe(err: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - PyYAML is a dependency
         yaml = None
     if yaml is not None and isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
-        mark = err.problem_mark
+        mark, context = err.problem_mark, ""
+        if err.context and err.context_mark is not None and err.context_mark.line != mark.line:
+            context = f"{err.context} that starts at line {err.context_mark.line + 1}: "  # where it went wrong
         return (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: malformed YAML "
-                f"({err.problem}); fix the syntax there")
+                f"({context}{err.problem}); fix the syntax there")
     if isinstance(err, OSError) and err.errno in _OS_HINTS:
         where = err.filename if err.filename is not None else "a file"
         return f"{where}: {err.strerror}; {_OS_HINTS[err.errno]}"
     return None
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """The small command lines (`python -m mhsa tables`, `diagnostic-plots`, `python -m mhsa.study.plots`): a user
+    mistake prints `error: <one line>` and exits 2 (a config error) or 1, as `python -m mhsa` does;
+    anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except Exception as err:
+        message = describe(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None

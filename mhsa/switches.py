@@ -5,6 +5,9 @@ torch. `mhsa.model` re-exports the model's (also from `heads.py`, `backbone.py`,
 `mhsa.losses.competition` and `mhsa.losses.fdrt` the losses'.
 """
 
+import math
+from dataclasses import dataclass
+
 FUSIONS = ("saffm", "concat", "sum")  # Table VIII
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 # 1: the paper (stage 4 keeps the resolution, Q(x) is 1/16 of the input); 2: torchvision's ResNet
@@ -67,3 +70,85 @@ def feature_map_size(height: int, width: int, last_stride: int = 1) -> tuple[int
 # The instruction set of the CPU kernels (mhsa.run.cpu_kernels): this CPU's own, or pinned so that CPU runs
 # repeat bit for bit across x86-64 machines (docs/reliability.md "Across machines").
 CPU_KERNEL_LEVELS = ("native", "portable", "avx2")
+
+
+# ------------------------------------------------------------------------------------------ bounds
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of one numeric knob: lo <= v <= hi (an end left out with None; `lo_open` /
+    `hi_open`: that end excluded). Floats must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def text(self) -> str:
+        """'>= 0', '> 0', 'in [0, 1]', 'in (0, 1]', ..."""
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+NONNEG, POSITIVE, COUNT, UNIT = Range(0), Range(0, lo_open=True), Range(1), Range(0, 1)
+# Every int and float knob of the run config, with its range: the one place bounds live
+# (docs/architecture.md, "Where each allowed value and default lives"). `mhsa.config.validate` checks each (the
+# synthetic generator checks its own parameters against them too); tests/test_schema_drift.py fails
+# when a numeric field of any section has no entry here, or workflow/schemas/config.schema.yaml
+# states other bounds.
+# Relations between knobs (warm-up within the epochs, K within the feature map, P within the
+# identities) are checked in code below and by the data checks.
+BOUNDS: dict[str, Range] = {
+    "seed": NONNEG,  # seeds the sampler's numpy Generator, which takes no negative seed
+    "threads": NONNEG,  # 0: torch's default
+    "checkpoint_every": NONNEG,  # 0: only after the last epoch
+    "model.num_heads": COUNT,
+    "model.last_stride": Range(1, 2),  # also one of switches.LAST_STRIDES
+    "model.attention_layers": Range(2, 3),  # also one of switches.ATTENTION_LAYERS
+    "model.feat_dim": COUNT,
+    "loss.lambda1": NONNEG,
+    "loss.lambda2": NONNEG,
+    "loss.lambda3": NONNEG,
+    "loss.gamma": POSITIVE,
+    "loss.label_smoothing": Range(0, 1, hi_open=True),  # 1 would leave no label at all
+    "loss.competition_threshold": POSITIVE,
+    "data.height": Range(16),
+    "data.width": Range(16),
+    "data.p": Range(2),  # the triplet losses need two identities per batch
+    "data.k": Range(2),  # ... and two images per identity
+    "data.random_erasing": UNIT,  # a probability
+    "data.pad": NONNEG,  # pixels of padding before the random crop
+    "data.workers": NONNEG,
+    "data.test_batch": COUNT,
+    "data.cache_max_gb": NONNEG,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NONNEG,
+    "optim.momentum": UNIT,
+    "optim.warmup_epochs": NONNEG,  # and <= optim.epochs
+    "optim.warmup_factor": Range(0, 1, lo_open=True),  # the warm-up's first lr is lr * warmup_factor
+    "optim.milestones": NONNEG,  # each milestone (epochs), strictly increasing
+    "optim.decay": NONNEG,
+    "optim.epochs": COUNT,
+    "optim.grad_clip": NONNEG,  # 0: no clipping
+    "eval.every": NONNEG,  # 0: evaluate at the end only
+    "eval.rerank_k1": COUNT,
+    "eval.rerank_k2": COUNT,
+    "eval.rerank_lambda": UNIT,
+    "eval.attention_images": COUNT,
+    # the synthetic generator's parameters (data.synthetic, a mapping; mhsa.data.synthetic.generate)
+    "data.synthetic.seed": NONNEG,
+    "data.synthetic.num_ids": COUNT,
+    "data.synthetic.images_per_id": Range(3),  # one train, one query, one gallery image at least
+    "data.synthetic.num_cams": Range(2),  # query and gallery cameras differ
+    "data.synthetic.height": Range(15),  # the generator's clutter needs height // 3 > 4 pixels
+    "data.synthetic.width": Range(10),  # ... and width // 2 > 4
+}

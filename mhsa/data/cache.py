@@ -15,6 +15,7 @@ waits for the first and then reuses its file.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mhsa.io import atomic_write_text
+from mhsa.errors import DataError
+from mhsa.io import atomic_write_text, write_failure
 
-from .loader import ImageDataset
+from .loader import ImageDataset, UnreadableImageError
 from .transforms import RESIZE_METHOD, resize_op
 
+MAX_LISTED = 5  # unreadable images named in the message (the count says how many more)
 CACHE_FORMAT = 1  # bump when the file layout or the decode changes: old files are then not reused
 
 
@@ -101,17 +104,52 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+class CorruptCacheError(DataError, OSError):
+    """A decoded-image cache file that cannot be read or holds the wrong array; the message names it."""
+
+
+class UnreadableImagesError(DataError):
+    """Images of a split that do not decode, all of them (`paths`), not only the first."""
+
+    def __init__(self, paths: list[str], where: str = ""):
+        more = f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else ""
+        super().__init__(f"{where + ': ' if where else ''}{len(paths)} unreadable image(s): "
+                         f"{', '.join(paths[:MAX_LISTED])}{more}; replace or remove them")
+        self.paths = paths
+
+
 def _decode_into(items: Sequence[tuple], height: int, width: int, out: np.ndarray, threads: int) -> None:
-    """Fill ``out[i]`` with item ``i`` decoded and resized exactly as the loader path does."""
+    """Fill ``out[i]`` with item ``i`` decoded and resized exactly as the loader path does. Every image
+    that does not decode is listed in one UnreadableImagesError (docs/reliability.md: data problems are
+    reported all at once, not one per run)."""
     ds = ImageDataset(items, resize_op(height, width))
 
-    def fill(i: int) -> None:
-        out[i] = np.asarray(ds[i][0], dtype=np.uint8).transpose(2, 0, 1)
+    def fill(i: int) -> str | None:
+        try:
+            out[i] = np.asarray(ds[i][0], dtype=np.uint8).transpose(2, 0, 1)
+        except UnreadableImageError:
+            return str(items[i][0])
+        return None
 
     # PIL releases the GIL while decoding and resizing, so threads scale on the decode.
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for _ in pool.map(fill, range(len(items)), chunksize=64):
-            pass
+        bad = [path for path in pool.map(fill, range(len(items)), chunksize=64) if path]
+    if bad:
+        raise UnreadableImagesError(bad)
+
+
+def _reserve(path: str) -> None:
+    """Allocate the whole file now: a memory-mapped write into a sparse file on a full disk kills the
+    process with SIGBUS; allocated up front, a full disk is an OSError(ENOSPC) naming the cache."""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # the file system cannot: as before
+            raise
+    finally:
+        os.close(fd)
 
 
 def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads: int, header: dict) -> None:
@@ -119,6 +157,7 @@ def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads:
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, height, width))
+        _reserve(tmp)
         _decode_into(items, height, width, arr, threads)
         arr.flush()
         del arr
@@ -127,10 +166,13 @@ def _build(path: Path, items: Sequence[tuple], height: int, width: int, threads:
         os.chmod(tmp, 0o644)
         atomic_write_text(path.with_suffix(".json"), json.dumps(header, indent=2, sort_keys=True))
         os.replace(tmp, path)  # the commit point: a reader never sees a half-written array
-    except BaseException:
+    except BaseException as err:
+        failure = write_failure(err, path, tmp) if isinstance(err, OSError) else None
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if failure is None or failure is err:
+            raise
+        raise failure from err
 
 
 class DecodedCache:
@@ -160,10 +202,11 @@ class DecodedCache:
         try:
             images = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as err:
-            raise OSError(f"decoded-image cache {path} is unreadable ({err}); delete it to rebuild") from err
+            raise CorruptCacheError(f"decoded-image cache {path} is unreadable ({err}); delete it to "
+                                    "rebuild") from None
         if images.dtype != np.uint8 or images.shape != shape:
-            raise OSError(f"decoded-image cache {path} holds {images.dtype} {images.shape}, expected uint8 "
-                          f"{shape}; delete it to rebuild")
+            raise CorruptCacheError(f"decoded-image cache {path} holds {images.dtype} {images.shape}, expected "
+                                    f"uint8 {shape}; delete it to rebuild")
         return images
 
     def __len__(self) -> int:
@@ -184,5 +227,8 @@ def open_split(data_cfg, dataset: str, root: str, split: str, items: Sequence[tu
     d = data_cfg
     if not use_cache(d.cache, len(items), d.height, d.width, d.cache_max_gb):
         return None
-    return DecodedCache.open_or_build(items, d.height, d.width, d.cache_dir,
-                                      {"dataset": dataset, "root": root, "split": split})
+    try:
+        return DecodedCache.open_or_build(items, d.height, d.width, d.cache_dir,
+                                          {"dataset": dataset, "root": root, "split": split})
+    except UnreadableImagesError as err:
+        raise UnreadableImagesError(err.paths, f"data set {dataset!r} ({split}, root {root})") from None

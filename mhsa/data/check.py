@@ -11,6 +11,7 @@ another camera) in its gallery; raises one `DataError` listing all problems.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,8 @@ from PIL import Image
 from mhsa.errors import DataError
 
 from .datasets import ReidDataset, load
+
+log = logging.getLogger("mhsa.data.check")
 
 # name -> split -> (identities, images), and the number of cameras (None: assigned by the parser)
 PUBLISHED: dict[str, dict] = {
@@ -114,15 +117,43 @@ def _unreadable(paths: list[str]) -> list[str]:
         return [bad for bad in pool.map(_decode, paths, chunksize=64) if bad]
 
 
-def _match_problems(name: str, ds: ReidDataset) -> list[str]:
-    if not ds.query or not ds.gallery:
-        return [f"{name}: {'query' if not ds.query else 'gallery'} is empty (root {ds.root})"]
+def valid_queries(ds: ReidDataset) -> int:
+    """Queries with a valid match in the gallery (same pid, another camera): the evaluation protocol
+    leaves every other query out of every metric (docs/evaluation.md)."""
     cams: dict[int, set[int]] = {}
     for _, pid, cam in ds.gallery:
         cams.setdefault(pid, set()).add(cam)
-    if not any(cams.get(pid, set()) - {cam} for _, pid, cam in ds.query):
+    return sum(bool(cams.get(pid, set()) - {cam}) for _, pid, cam in ds.query)
+
+
+def eval_set_counts(ds: ReidDataset) -> dict:
+    """What a test set's metrics are averaged over, as metrics.json records it (`data.test.<set>`)."""
+    return {"queries": len(ds.query), "gallery": len(ds.gallery),
+            "query_identities": len({p for _, p, _ in ds.query}),
+            "gallery_identities": len({p for _, p, _ in ds.gallery}), "num_valid_queries": valid_queries(ds)}
+
+
+def data_counts(train: ReidDataset, tests: dict[str, ReidDataset]) -> dict:
+    """The sizes a reader of metrics.json wants to see beside the numbers: the training split's images,
+    identities and cameras, and each test set's queries, gallery and valid queries."""
+    return {"train": {"dataset": train.name, "images": len(train.train),
+                      "identities": len({p for _, p, _ in train.train}),
+                      "cameras": len({c for _, _, c in train.train})},
+            "test": {name: eval_set_counts(ds) for name, ds in tests.items()}}
+
+
+def _match_problems(name: str, ds: ReidDataset) -> list[str]:
+    if not ds.query or not ds.gallery:
+        return [f"{name}: {'query' if not ds.query else 'gallery'} is empty (root {ds.root})"]
+    valid = valid_queries(ds)
+    if not valid:
         return [f"{name}: no query has a valid match (same pid, another camera) in the gallery; "
                 f"check the query/ and gallery folders of {ds.root}"]
+    if valid < len(ds.query):
+        # torchreid's protocol skips them silently; say so once, before training (metrics.json keeps the count)
+        log.warning("%s: %d of %d queries have no valid match (same pid, another camera) in the gallery of %s; "
+                    "every metric averages over the other %d (num_valid_queries in metrics.json)",
+                    name, len(ds.query) - valid, len(ds.query), ds.root, valid)
     return []
 
 

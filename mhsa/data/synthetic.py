@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
+import numbers
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from mhsa.switches import BOUNDS
 from mhsa.errors import ConfigError
 from mhsa.io import held
 from mhsa.io import atomic_write_text
@@ -464,8 +466,13 @@ def generator_params(layout, seed, num_ids, images_per_id, num_cams, height, wid
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     num_cams = num_cams or LAYOUTS[layout][1]
-    if num_ids < 1 or images_per_id < 3 or num_cams < 2:
-        raise ConfigError("need num_ids >= 1, images_per_id >= 3 and num_cams >= 2 (query + gallery cameras)")
+    values = dict(seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams, height=height,
+                  width=width)
+    for key, value in values.items():  # the bounds of mhsa.switches.BOUNDS, the one place they live
+        bound = BOUNDS[f"data.synthetic.{key}"]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not bound.contains(value):
+            raise ConfigError(f"synthetic data parameter {key!r} must be an integer {bound.text()}, got {value!r} "
+                              "(data.synthetic, presets.<name>.synthetic)")
     return dict(layout=layout, seed=seed, num_ids=num_ids, images_per_id=images_per_id, num_cams=num_cams,
                 height=height, width=width, variant=variant)
 
@@ -512,10 +519,13 @@ def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlus
                      occlusion)
         path = out / shot.rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".png":
-            img.save(path, format="PNG")
-        else:
-            img.save(path, format="JPEG", quality=95)
+        options = {"format": "PNG"} if path.suffix == ".png" else {"format": "JPEG", "quality": 95}
+        try:
+            img.save(path, **options)
+        except OSError as err:  # PIL's write errors (a full disk) name no file: the one line should
+            if err.filename is None:
+                err.filename = str(path)
+            raise
 
 
 def generate(

@@ -36,6 +36,10 @@ class WeightsFileNotFoundError(WeightsError, FileNotFoundError):
     """`model.pretrained` names a file that does not exist."""
 
 
+class WeightsMismatchError(WeightsError, RuntimeError):
+    """`model.pretrained` holds the weights of another network (missing or unexpected keys, shapes)."""
+
+
 class Backbone(nn.Module):
     """ResNet stem + stages 1-4 (no pooling, no fc); forward returns Q(x) as (B, C, H/16, W/16)."""
 
@@ -89,7 +93,14 @@ def _load_pretrained(
             f"pretrained={pretrained!r} must be False, 'imagenet' or a path to a state-dict file"
         )
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    resnet.load_state_dict(state, strict=True)
+    try:
+        resnet.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing/unexpected keys or shapes: weights of another network
+        first = (str(err).strip().splitlines() or [""])[-1].strip()[:160] + " ..."
+        raise WeightsMismatchError(
+            f"pretrained weights {pretrained!r} (model.pretrained) do not fit this ResNet (model.backbone): "
+            f"{first}; use the state dict of the same ResNet (e.g. torchvision's {imagenet_weights.url})"
+        ) from None
 
 
 def _imagenet_state_dict(weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
@@ -114,10 +125,24 @@ def _local_state_dict(path: Path, weights: models.WeightsEnum) -> dict[str, torc
             f"(e.g. torchvision's {weights.url}), or use pretrained='imagenet' with the file in "
             f"{Path(torch.hub.get_dir()) / 'checkpoints'}."
         )
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, zipfile errors, ...
+        raise WeightsError(f"pretrained weights file {path} (model.pretrained) cannot be loaded: "
+                           f"{_load_failure(err)}; use a plain ResNet state-dict file") from None
     # checkpoints saved by training scripts often wrap the weights; unwrap the common key
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"pretrained file {path} does not hold a state dict (got {type(state).__name__})")
+        raise WeightsError(f"pretrained weights file {path} (model.pretrained) does not hold a state dict "
+                           f"(got {type(state).__name__}); use a plain ResNet state-dict file")
     return state
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why torch.load refused a file, without torch's advice to load it with weights_only=False: such a
+    file may run code when loaded, and nothing here ever loads it that way (docs/reliability.md)."""
+    if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
+        return "it holds Python objects a state dict never contains (refused: loading them could run code)"
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+    return f"it is corrupt or not a torch file ({type(err).__name__}: {text[:160]})"

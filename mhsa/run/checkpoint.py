@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from mhsa.config import RunConfig, weights_config
-from mhsa.errors import CheckpointError, UserError
+from mhsa.config import RunConfig, config_diff, weights_config
+from mhsa.errors import CheckpointError, ResultsError, UserError
 from mhsa.io import atomic_write, clean_stale_temps
+from mhsa.run.results import read_metrics
 
 log = logging.getLogger("mhsa.run.checkpoint")
 
@@ -33,6 +34,10 @@ _REQUIRED = ("model", "optimizer", "epoch")
 
 class StaleCheckpointError(UserError, ValueError):
     """The checkpoint was trained under another config: resuming it would report the wrong model."""
+
+
+class StaleResultsError(StaleCheckpointError):
+    """The output folder holds a cell finished under another config: a rerun would overwrite it."""
 
 
 def previous_path(path: str | Path) -> Path:
@@ -56,11 +61,19 @@ def _keep_previous(path: Path) -> None:
         link.unlink(missing_ok=True)
 
 
+def _torch_save(state: dict, tmp: str) -> None:
+    # Through a Python file object: a full disk then raises OSError(ENOSPC) itself; torch.save to a
+    # path wraps it into a RuntimeError without errno ("unexpected pos ..."), and the one line of
+    # docs/reliability.md ("Clear errors") could not say what happened.
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _keep_previous(path)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 
 def finalize_checkpoint(path: str | Path, keep_weights: bool = True) -> None:
@@ -118,10 +131,28 @@ def load_checkpoint(path: str | Path) -> dict | None:
 
 
 def check_resumable(cfg: RunConfig, state: dict, path: Path) -> None:
-    saved, now = state.get("weights_config", {}), weights_config(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:8])
+    shown = config_diff(state.get("weights_config", {}), weights_config(cfg))
+    if shown:
         raise StaleCheckpointError(
             f"checkpoint {path} was trained with another config ({shown}); delete it to start over, "
             "or pass another --out/--ckpt-dir")
+
+
+def check_finished_run(cfg: RunConfig, out_dir: str | Path) -> None:
+    """A rerun into a folder whose metrics.json holds a cell finished under another weight-defining
+    config is refused, naming what differs: it would overwrite those results (with `keep_weights:
+    false` no checkpoint is left to refuse it later). The same config may rerun there: it resumes
+    from the final weights (or retrains, without them) and re-evaluates, e.g. for a new test mode."""
+    path = Path(out_dir) / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        saved = weights_config(read_metrics(path).get("config") or {})
+    except ResultsError as err:  # nothing of it can be kept: the rerun replaces it
+        log.warning("%s; training the cell again replaces it", err)
+        return
+    shown = config_diff(saved, weights_config(cfg))
+    if shown:
+        raise StaleResultsError(
+            f"{path} holds a cell finished with another config ({shown}); a rerun there would overwrite "
+            f"it: pass another --out, or delete {path} to train this config in {path.parent}")

@@ -11,14 +11,15 @@ A cell being trained right now (its run dir is locked) is skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
 
 from mhsa.config import flatten
+from mhsa.errors import ResultsError
 from mhsa.run.cell_lock import is_locked
+from mhsa.run.results import corrupt, raise_all, read_metrics
 from mhsa.run.tracking import default_uri, init_store
 
 log = logging.getLogger("mhsa.run.sync")
@@ -101,8 +102,8 @@ def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
     return len(params) + len(new) + len(files)
 
 
-def sync_cell(client, run_dir: Path, exp_ids: dict[str, str]) -> str:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def sync_cell(client, run_dir: Path, exp_ids: dict[str, str], metrics: dict | None = None) -> str:
+    metrics = metrics if metrics is not None else finished_cell(run_dir / "metrics.json")
     cell, experiment = metrics["cell"], metrics["config"]["tracking"]["experiment"]
     exp_id = exp_ids[experiment]
     run = _find_run(client, exp_id, cell, metrics["train"].get("mlflow_run_id"))
@@ -118,26 +119,59 @@ def sync_cell(client, run_dir: Path, exp_ids: dict[str, str]) -> str:
     return f"{what} (run {run.info.run_id}, {added} item(s) added)"
 
 
+def finished_cell(path: Path) -> dict:
+    """A metrics.json with what a replay needs (its experiment, its epochs, its history); a corrupt one
+    is a ResultsError naming the file (mhsa.run.results)."""
+    metrics = read_metrics(path)
+    try:
+        str(metrics["config"]["tracking"]["experiment"])
+        int(metrics["train"]["epochs"])
+        rows = metrics.get("history", [])
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in rows):
+            raise TypeError("history")
+    except (KeyError, TypeError, ValueError) as err:
+        raise corrupt(path, f"no config.tracking.experiment, train.epochs or per-epoch history ({err})") from None
+    return metrics
+
+
 def sync_results(results_dir: str | Path, tracking_uri: str | None = None) -> dict[str, str]:
-    """Replay every finished cell under `results_dir/runs/` into the store; cell -> what was done."""
-    from mlflow.tracking import MlflowClient
+    """Replay every finished cell under `results_dir/runs/` into the store; cell -> what was done.
+
+    A corrupt metrics.json does not stop the others: they are replayed first, then one ResultsError
+    names every corrupt file (docs/reliability.md, "Corrupt results")."""
 
     results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ResultsError(f"results directory {results_dir} does not exist; pass the folder that holds "
+                           "runs/<cell>/metrics.json (e.g. results, results/ci)")
     uri = tracking_uri or default_uri(results_dir)
-    run_dirs = sorted(p.parent for p in (results_dir / "runs").glob("*/metrics.json"))
-    if not run_dirs:
+    cells, bad = {}, []
+    for path in sorted((results_dir / "runs").glob("*/metrics.json")):
+        try:
+            cells[path.parent] = finished_cell(path)
+        except ResultsError as err:
+            bad.append(err)
+    done = _sync_cells(uri, cells) if cells else {}
+    if not cells and not bad:
         log.warning("no finished cell (runs/*/metrics.json) under %s", results_dir)
-        return {}
-    experiments = sorted({json.loads((d / "metrics.json").read_text())["config"]["tracking"]["experiment"]
-                          for d in run_dirs})
+    if done and bad:
+        log.warning("replayed %d cell(s); %d could not be read", len(done), len(bad))
+    raise_all(bad)
+    return done
+
+
+def _sync_cells(uri: str, cells: dict[Path, dict]) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    experiments = sorted({m["config"]["tracking"]["experiment"] for m in cells.values()})
     init_store(uri, experiments)
     client = MlflowClient(tracking_uri=uri)
     exp_ids = {e: client.get_experiment_by_name(e).experiment_id for e in experiments}
     done = {}
-    for d in run_dirs:
+    for d, metrics in cells.items():
         if is_locked(d):
             done[d.name] = "skipped (being trained right now)"
             continue
-        done[d.name] = sync_cell(client, d, exp_ids)
+        done[d.name] = sync_cell(client, d, exp_ids, metrics)
         log.info("%s: %s", d.name, done[d.name])
     return done

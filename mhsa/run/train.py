@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 from mhsa.config import RunConfig, save_config, weights_config
 from mhsa.data import datasets
 from mhsa.data.batch_transforms import BatchAugment, CachedBatches, CachedEvalBatches
-from mhsa.data.cache import DecodedCache, open_split
-from mhsa.data.check import check_test_sets
+from mhsa.data.cache import DecodedCache, UnreadableImagesError, open_split
+from mhsa.data.check import check_test_sets, data_counts
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
@@ -48,7 +48,13 @@ from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
 from mhsa.run import cpu_kernels
-from mhsa.run.checkpoint import check_resumable, finalize_checkpoint, load_checkpoint, save_checkpoint
+from mhsa.run.checkpoint import (
+    check_finished_run,
+    check_resumable,
+    finalize_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mhsa.run.optim import lr_at, make_optimizer, set_lr
 from mhsa.run.progress import Progress
 from mhsa.run.provenance import environment
@@ -136,13 +142,17 @@ def test_loader(cfg: RunConfig, items: list, device: torch.device) -> DataLoader
 
 
 def cache_test_sets(cfg: RunConfig, targets: dict) -> set:
-    """Decode the test sets into the image cache before training (a bad image fails now, naming the file);
-    returns the names of the sets decoded whole, which the test-set check need not read again."""
+    """Decode the test sets into the image cache before training; returns the names of the sets decoded
+    whole, which the test-set check need not read again (a set with unreadable images is not one: the
+    check decodes it again and names every bad file)."""
     done = set()
     for name, (ds, _) in targets.items():
-        if all(open_split(cfg.data, name, str(ds.root), split, getattr(ds, split)) is not None
-               for split in ("query", "gallery")):
-            done.add(name)
+        try:
+            if all(open_split(cfg.data, name, str(ds.root), split, getattr(ds, split)) is not None
+                   for split in ("query", "gallery")):
+                done.add(name)
+        except UnreadableImagesError:  # left to check_test_sets, which lists every bad file of every set at once
+            pass
     return done
 
 
@@ -270,6 +280,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
     out_dir = Path(out_dir)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_finished_run(cfg, out_dir)  # another config's finished results there are never overwritten
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
@@ -487,6 +498,8 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
                   "peak_mem_mb": _peak_memory_mb(device), "epochs": cfg.optim.epochs, "device": str(device),
                   "mlflow_run_id": cell.run_id, **env},
         "history": cell.history,
+        # what the numbers are averaged over (e.g. queries without a valid match are left out)
+        "data": data_counts(cell.train_set, {name: ds for name, (ds, _) in cell.targets.items()}),
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from hashlib import sha1
 from pathlib import Path
 
-import yaml
-
 from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
 from mhsa.data.synthetic import PRESET_PARAMS
 from mhsa.evaluation.modes import default_modes
+from mhsa.io import load_file
 from mhsa.switches import DEFAULT_GAMMA
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
@@ -62,6 +61,12 @@ BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smo
                          "data.random_erasing", "optim.warmup")
 PRESET_KEYS = ("data_source", "synthetic", "results_dir", "tables", "figures", "seeds", "recipe")
 WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s", "warm_worker")
+TOP_KEYS = ("preset", "results_dir", "seeds", "datasets", "recipe", "presets", "variants", "variant_defaults",
+            "tables", "figures", "workflow")
+DATASET_KEYS = ("root", "train_on")  # a misspelled `train_on` would train on a test-only set
+TABLE_KEYS = ("title", "datasets", "metrics", "rows", "paper_tables", "plot")
+FIGURE_KEYS = ("title", "datasets", "metrics", "sweep", "series", "plot")
+SWEEP_KEYS = ("K",)
 
 
 class StudyError(ConfigError):
@@ -77,6 +82,38 @@ def check_keys(where: str, entry, allowed) -> None:
     unknown = [k for k in entry if k not in allowed]
     if unknown:
         raise StudyError(f"config.yaml: {where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
+def check_unique(where: str, values, what: str = "value") -> None:
+    """A list of config.yaml (seeds, tables, data sets, metrics, row names) holds each entry once: a
+    repeated seed would count one model twice (n=2, std 0), a repeated row name would show one row's
+    numbers under another's name (docs/reliability.md, "Duplicates")."""
+    seen: list = []
+    repeated: list = []
+    for v in values:
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.append(v)
+    if repeated:
+        listed = ", ".join(repr(v) for v in repeated)
+        raise StudyError(f"config.yaml: {where}: {what} {listed} given more than once; each may appear once")
+
+
+def _required(where: str, entry: dict, keys) -> None:
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise StudyError(f"config.yaml: {where}: missing key(s) {missing}")
+
+
+def parse_seeds(where: str, seeds) -> list[int]:
+    """`seeds:` as distinct non-negative integers."""
+    if not isinstance(seeds, list) or not seeds:
+        raise StudyError(f"config.yaml: {where}: expected a list of seeds, e.g. [0, 1, 2], got {seeds!r}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise StudyError(f"config.yaml: {where}: seeds are integers >= 0, got {bad}")
+    check_unique(where, seeds, "seed")
+    return list(seeds)
 
 
 @dataclass
@@ -131,10 +168,16 @@ def table_number(table: str) -> int:
     return ROMAN.index(table) + 1
 
 
-def resolve_preset(config: dict, preset: str | None = None) -> dict:
-    """Apply `presets[preset]` on top of the base config; returns a new dict."""
+def resolve_preset(config: dict, preset: str | None = None, results_dir: str | None = None) -> dict:
+    """Apply `presets[preset]` on top of the base config; returns a new dict.
+
+    `results_dir`: one given explicitly (`snakemake --config results_dir=...`), which wins over the
+    preset's own; None keeps the preset's (docs/workflow.md, "Presets")."""
+    if not isinstance(config, dict):
+        raise StudyError(f"config.yaml: expected a mapping of the keys {', '.join(TOP_KEYS)}, got {config!r}")
+    check_keys("the top level", config, TOP_KEYS)
     preset = preset or config.get("preset", "paper")
-    presets = config.get("presets", {})
+    presets = config.get("presets") or {}
     if preset not in presets:
         raise StudyError(f"config.yaml: preset {preset!r} is not defined; known presets: {sorted(presets)}")
     p = presets[preset] or {}
@@ -145,21 +188,40 @@ def resolve_preset(config: dict, preset: str | None = None) -> dict:
     out["data_source"] = p.get("data_source", "real")
     out["synthetic"] = p.get("synthetic", {})
     out["recipe"] = deep_merge(config.get("recipe", {}), p.get("recipe", {}))
-    if "seeds" in p:
-        out["seeds"] = p["seeds"]
-    if "results_dir" in p:  # presets keep their runs apart: paper results never overwrite demo ones
+    out["seeds"] = parse_seeds(f"presets.{preset}.seeds" if "seeds" in p else "seeds",
+                               p["seeds"] if "seeds" in p else config.get("seeds", [0]))
+    if results_dir is not None:
+        out["results_dir"] = str(results_dir)
+    elif "results_dir" in p:  # presets keep their runs apart: paper results never overwrite demo ones
         out["results_dir"] = p["results_dir"]
-    if "tables" in p:
-        unknown = [t for t in p["tables"] if t not in config.get("tables", {})]
-        if unknown:
-            raise StudyError(f"config.yaml: presets.{preset}.tables names unknown tables {unknown}")
-        out["tables"] = {t: config["tables"][t] for t in p["tables"]}
-    if "figures" in p:
-        unknown = [f for f in p["figures"] if f not in config.get("figures", {})]
-        if unknown:
-            raise StudyError(f"config.yaml: presets.{preset}.figures names unknown figures {unknown}")
-        out["figures"] = {f: config["figures"][f] for f in p["figures"]}
+    where = "--config results_dir" if results_dir is not None else (
+        f"presets.{preset}.results_dir" if "results_dir" in p else "results_dir")
+    out["results_dir"] = _results_dir(where, out.get("results_dir", "results"))
+    for part in ("tables", "figures"):
+        if part in p:
+            out[part] = _preset_selection(config, preset, part, p[part])
     return out
+
+
+def _results_dir(where: str, value) -> str:
+    """A folder name: an empty one (or "/") would put runs/, tables/ and the store at the file system's root."""
+    if not isinstance(value, str) or not value.strip().rstrip("/"):
+        prefix = "" if where.startswith("--") else "config.yaml: "
+        raise StudyError(f"{prefix}{where}: expected the name of a folder, e.g. results/ci, got {value!r}")
+    return value
+
+
+def _preset_selection(config: dict, preset: str, part: str, names) -> dict:
+    """`presets.<preset>.tables` (or `figures`): the named entries of config.yaml's `tables`, each once."""
+    where = f"presets.{preset}.{part}"
+    if not isinstance(names, list):
+        raise StudyError(f"config.yaml: {where}: expected a list of names, got {names!r}")
+    check_unique(where, names, part[:-1])
+    defined = config.get(part) or {}
+    unknown = [t for t in names if t not in defined]
+    if unknown:
+        raise StudyError(f"config.yaml: {where} names unknown {part} {unknown}")
+    return {t: defined[t] for t in names}
 
 
 def _nest(dotted: dict) -> dict:
@@ -301,12 +363,41 @@ def check_mode(mode: str, knobs: dict, where: str) -> None:
 
 
 def _check_sections(config: dict) -> None:
-    """Keys of `variants`, `variant_defaults` and `workflow` (rows are checked as they expand)."""
+    """Keys of `variants`, `variant_defaults`, `workflow`, `datasets` and of each table and figure
+    (rows are checked as they expand); the lists of each table and figure hold each entry once."""
     for name, knobs in (config.get("variants") or {}).items():
         check_keys(f"variants.{name}", knobs, KNOBS)
         check_authors(f"variants.{name}", (knobs or {}).get("authors"))
     check_keys("variant_defaults", config.get("variant_defaults"), KNOBS)
     check_keys("workflow", config.get("workflow"), WORKFLOW_KEYS)
+    _check_datasets(config.get("datasets"))
+    for part, keys, required in (("tables", TABLE_KEYS, ("datasets", "metrics", "rows")),
+                                 ("figures", FIGURE_KEYS, ("datasets", "metrics", "series"))):
+        for tid, spec in (config.get(part) or {}).items():
+            where = f"{part}.{tid}"
+            check_keys(where, spec, keys)
+            _required(where, spec, required)
+            for key in ("datasets", "metrics"):
+                check_unique(f"{where}.{key}", spec[key], key[:-1])
+    for fid, fig in (config.get("figures") or {}).items():
+        for series in fig["series"]:
+            if not isinstance(series, dict) or "row" not in series:
+                raise StudyError(f"config.yaml: figures.{fid}.series: a series without a `row` name: {series!r}")
+        check_keys(f"figures.{fid}.sweep", fig.get("sweep"), SWEEP_KEYS)
+        check_unique(f"figures.{fid}.sweep.K", (fig.get("sweep") or {}).get("K") or [], "K")
+
+
+def _check_datasets(datasets) -> None:
+    if not isinstance(datasets, dict) or not datasets:
+        raise StudyError(f"config.yaml: datasets: expected a mapping of data set names to {{root: ...}}, "
+                         f"got {datasets!r}")
+    for name, entry in datasets.items():
+        check_keys(f"datasets.{name}", entry, DATASET_KEYS)
+        _required(f"datasets.{name}", entry or {}, ("root",))
+        train_on = entry.get("train_on", name)
+        if train_on not in datasets:
+            raise StudyError(f"config.yaml: datasets.{name}.train_on: {train_on!r} is not under `datasets:` "
+                             f"(known: {sorted(datasets)})")
 
 
 def _check_cells(study: Study) -> None:
@@ -340,16 +431,32 @@ def _row_specs(config: dict):
                 yield "figure", str(fid), fig, spec, series["row"], k
 
 
-def build_study(config: dict, preset: str | None = None) -> Study:
-    """Resolve the preset and expand every table/figure row into deduplicated cells."""
-    cfg = resolve_preset(config, preset)
+def _check_row_name(names: dict, source: str, tid: str, spec: dict, label: str) -> None:
+    """Each row of a table (each series point of a figure) has its own name: the tables key numbers
+    by row name, so a second "Baseline" would show the other row's numbers and hide its own."""
+    if not isinstance(spec, dict) or "row" not in spec:
+        raise StudyError(f"config.yaml: {'Table' if source == 'table' else 'Fig.'} {tid}: a row without a `row` "
+                         f"name: {spec!r}")
+    first = names.setdefault((source, tid, spec["row"]), spec)
+    if first is not spec:
+        raise StudyError(f"config.yaml: {label}: the row name {spec['row']!r} is given twice in this "
+                         f"{source}; rename one of the rows (the tables find numbers by row name)")
+
+
+def build_study(config: dict, preset: str | None = None, results_dir: str | None = None) -> Study:
+    """Resolve the preset and expand every table/figure row into deduplicated cells.
+
+    `results_dir`: an explicit results directory that wins over the preset's (resolve_preset)."""
+    cfg = resolve_preset(config, preset, results_dir)
     _check_sections(cfg)
     datasets = cfg.get("datasets", {})
-    seeds = [int(s) for s in cfg.get("seeds", [0])]
+    seeds = cfg["seeds"]
     cells: dict[str, Cell] = {}
     rows: list[RowRef] = []
+    names: dict = {}  # (table or figure, row name) -> its first spec
     for source, tid, table, spec, series, k in _row_specs(cfg):
         label = f"{'Table' if source == 'table' else 'Fig.'} {tid} / {spec.get('row')}"
+        _check_row_name(names, source, tid, spec, label)
         knobs = variant_knobs(cfg, label, spec)
         mode = spec.get("mode", "concat" if knobs["mhsam"] else "global")
         check_mode(mode, knobs, label)
@@ -408,5 +515,20 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
 
 
 def load_config(path: str | Path) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    """config.yaml as a dict, read with the strict loader (a key given twice is an error naming the
+    file and line; malformed YAML raises yaml.MarkedYAMLError, which names them too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"config file {path} does not exist (--config); pass the study's config.yaml")
+    data = load_file(path)
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: expected a mapping of the keys {', '.join(TOP_KEYS)}, got {data!r}")
+    return data
+
+
+def check_config_files(paths) -> None:
+    """Read each existing file of `paths` with the strict loader (`load_config`): for the Snakefile,
+    whose own `configfile:` loader lets a repeated key win silently."""
+    for path in paths:
+        if Path(path).is_file():
+            load_config(path)

@@ -1,4 +1,4 @@
-"""Figures of the cell diagnostics (docs/demo-study.md): one figure per cell family (the seeds of one
+"""Figures of the cell diagnostics (issue 14): one figure per cell family (the seeds of one
 configuration) and the "Rank-1 vs occlusion" sanity curve. Drawn from ``mhsa.evaluation.diagnostics`` dicts
 (metrics.json's ``diagnostics`` entry), never imported by training.
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -23,8 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from mhsa.errors import cli_errors  # noqa: E402
 from mhsa.evaluation.diagnostics import cell_diagnostics  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
+from mhsa.run.results import read_attention, read_metrics  # noqa: E402
 
 __all__ = ["family_figure", "rank1_vs_occlusion", "diagnostics_of_run"]
 
@@ -167,12 +168,10 @@ def cell_families(run_dirs) -> dict:
 def diagnostics_of_run(run_dir: str | Path) -> dict:
     """metrics.json's ``diagnostics`` entry, or computed from metrics.json + attention.npz."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir / "metrics.json")  # a corrupt file: a ResultsError naming it
     if "diagnostics" in metrics:
         return metrics["diagnostics"]
-    with np.load(run_dir / "attention.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return cell_diagnostics(arrays, metrics)
+    return cell_diagnostics(read_attention(run_dir / "attention.npz", required=("alpha",)), metrics)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(r) for r in args.runs if not (r / "metrics.json").is_file()]
     if missing:
         raise SystemExit(f"no metrics.json in {', '.join(missing)}: pass finished run folders")
-    print(family_figure([diagnostics_of_run(r) for r in args.runs], args.out, args.title or args.runs[0].name))
+    with cli_errors():
+        print(family_figure([diagnostics_of_run(r) for r in args.runs], args.out, args.title or args.runs[0].name))
 
 
 if __name__ == "__main__":

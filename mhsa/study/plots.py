@@ -37,14 +37,17 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from mhsa.errors import ConfigError  # noqa: E402
+from mhsa.config import ConfigError  # noqa: E402
+from mhsa.errors import cli_errors  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
+from mhsa.run.results import read_attention  # noqa: E402
 from mhsa.study.build import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
 from mhsa.study.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
     load_metrics,
     load_paper,
+    require_runs,
     seed_values,
     synthetic_banner,
 )
@@ -440,10 +443,11 @@ def save_attention_overlay(
 
 
 def overlay_from_npz(npz_path: str | Path, png_path: str | Path) -> Path:
-    """A cell's `attention.npz` (images, alpha, pids) -> its overlay PNG (`save_attention_overlay`)."""
-    with np.load(npz_path) as z:
-        titles = [f"id {p}" for p in z["pids"]] if "pids" in z.files else None
-        return save_attention_overlay(z["images"], z["alpha"], png_path, titles=titles)
+    """A cell's `attention.npz` (images, alpha, pids) -> its overlay PNG (`save_attention_overlay`).
+    A corrupt file is a ResultsError naming it (mhsa.run.results)."""
+    z = read_attention(npz_path)
+    titles = [f"id {p}" for p in z["pids"]] if "pids" in z else None
+    return save_attention_overlay(z["images"], z["alpha"], png_path, titles=titles)
 
 
 def attention_series(study: Study, fig_id: str, dataset: str) -> list:
@@ -457,8 +461,8 @@ def _load_attention(runs_dir: Path, cells: list):
     for cid in cells:
         path = runs_dir / cid / "attention.npz"
         if path.is_file():
-            with np.load(path) as z:
-                return z["images"], np.asarray(z["alpha"], dtype=np.float32)
+            z = read_attention(path)
+            return z["images"], np.asarray(z["alpha"], dtype=np.float32)
     return None
 
 
@@ -535,7 +539,7 @@ def build_all_figures(
 ) -> list:
     """Every figure of `study.figure_ids()` and every table of the study that has a `plot:` entry."""
     paper = load_paper(paper_csv)
-    metrics = load_metrics(runs_dir)
+    metrics = load_metrics(runs_dir, study.cells)
     paths: list = []
     for section, ids, kinds in (("figures", study.figure_ids(), FIGURE_PLOTS),
                                 ("tables", study.table_ids(), TABLE_PLOTS)):
@@ -559,11 +563,14 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--paper", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    study = build_study(load_config(args.config), args.preset)
-    paths = build_all_figures(study, args.runs, args.out, args.paper)
-    overlays = [overlay_from_npz(p, p.with_suffix(".png"))
-                for p in (Path(args.runs) / c / "attention.npz" for c in study.cells) if p.is_file()]
-    print(f"wrote {len(paths)} figure(s) to {args.out} and {len(overlays)} attention overlay(s) under {args.runs}")
+    with cli_errors():
+        study = build_study(load_config(args.config), args.preset)
+        require_runs(study, args.runs, load_metrics(args.runs, study.cells))
+        paths = build_all_figures(study, args.runs, args.out, args.paper)
+        overlays = [overlay_from_npz(p, p.with_suffix(".png"))
+                    for p in (Path(args.runs) / c / "attention.npz" for c in study.cells) if p.is_file()]
+        print(f"wrote {len(paths)} figure(s) to {args.out} and {len(overlays)} attention overlay(s) under "
+              f"{args.runs}")
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import math
 import re
@@ -23,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mhsa.config import build_run_config, config_diff, weights_config
+from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
-from mhsa.study.build import Study, build_study, load_config, table_number
+from mhsa.run.results import raise_all, read_metrics
+from mhsa.study.build import Study, build_study, cell_overrides, load_config, table_number
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ DATASET_NAMES = {
 }
 METRIC_NAMES = {"rank1": "Rank-1", "rank3": "Rank-3", "rank5": "Rank-5", "rank10": "Rank-10", "mAP": "mAP"}
 NOISE_MARK = "≈"
+MAX_PROBLEMS = 8  # problems of a malformed paper CSV listed by name
 NOISE_Z = 2.0  # |mean diff| <= NOISE_Z * standard error of the difference -> within seed noise
 
 
@@ -55,43 +58,134 @@ def synthetic_banner(preset: str = "demo") -> str:
     )
 
 
+def _paper_problems(df: pd.DataFrame) -> list[str]:
+    """Every line of the paper CSV that is not a finite number, an `own` flag other than 0/1, or a
+    (table, row, dataset, metric) given twice (the last would win unseen); line numbers are the file's."""
+    problems = []
+    for i, rec in enumerate(df.to_dict("records")):
+        line, key = i + 2, f"({rec['table']}, {rec['row']}, {rec['dataset']}, {rec['metric']})"
+        try:
+            ok = math.isfinite(float(rec["value"]))
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"line {line}: value {rec['value']!r} of {key} is not a number "
+                            "(percent without a % sign, e.g. 55.4)")
+        if rec["own"] not in ("0", "1"):
+            problems.append(f"line {line}: own {rec['own']!r} of {key} must be 0 or 1")
+    keys = ["table", "row", "dataset", "metric"]
+    dup = df[df.duplicated(keys, keep=False)]
+    for key, group in dup.groupby(keys, sort=False):
+        lines = ", ".join(str(i + 2) for i in group.index)
+        problems.append(f"lines {lines}: ({', '.join(key)}) is given {len(group)} times; keep one")
+    return problems
+
+
 def load_paper(path: str | Path | None = None) -> pd.DataFrame:
-    """The transcription of the paper's Tables I-XI (mhsa/study/paper_results.csv by default)."""
-    df = pd.read_csv(
-        path or PAPER_CSV,
-        dtype={"table": str, "row": str, "dataset": str, "metric": str},
-        keep_default_na=False,
-    )
+    """The transcription of the paper's Tables I-XI (mhsa/study/paper_results.csv by default).
+
+    A malformed file is a ResultsError naming the file and each bad line, all at once."""
+    path = Path(path or PAPER_CSV)
+    if not path.is_file():
+        raise ResultsError(f"paper CSV {path} does not exist (--paper); leave it out for {PAPER_CSV}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError is a ValueError
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ResultsError(f"{path}: not a CSV table ({reason}); fix that line") from None
     missing = [c for c in PAPER_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path or PAPER_CSV}: missing columns {missing}")
+        raise ResultsError(f"{path}: missing column(s) {missing}; the header must be {','.join(PAPER_COLUMNS)}")
+    problems = _paper_problems(df)
+    if problems:
+        more = f" and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ResultsError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems[:MAX_PROBLEMS]) + more)
     df["value"] = df["value"].astype(float)
     df["own"] = df["own"].astype(int)
     return df[PAPER_COLUMNS]
 
 
-def load_metrics(runs_dir: str | Path) -> dict:
-    """cell id -> parsed metrics.json for every `runs_dir/<cell>/metrics.json` that exists and parses.
+def load_metrics(runs_dir: str | Path, cells=None) -> dict:
+    """cell id -> parsed metrics.json under `runs_dir/<cell>/metrics.json`: of every folder there, or
+    of `cells` only (a study's cell ids; other folders, e.g. of an older config, are not read).
 
-    Missing cells are simply absent (tables then show NaN / n_seeds = 0); an unreadable file is
-    skipped with a warning, so a table can be built while a run is still going.
+    A cell without metrics.json is simply absent (tables show n/a, "not run yet"). A corrupt one is a
+    ResultsError naming every such file at once (mhsa.run.results): the file is written atomically, so
+    it never means "still being written", and Snakemake would never retrain it on its own.
     """
     runs_dir = Path(runs_dir)
-    out: dict = {}
     if not runs_dir.is_dir():
-        return out
-    for path in sorted(runs_dir.glob("*/metrics.json")):
+        return {}
+    if cells is None:
+        paths = sorted(runs_dir.glob("*/metrics.json"))
+    else:
+        paths = [p for p in (runs_dir / c / "metrics.json" for c in cells) if p.is_file()]
+    out: dict = {}
+    bad = []
+    for path in paths:
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            log.warning("skipping unreadable %s: %s", path, exc)
-            continue
-        if not isinstance(data, dict):
-            log.warning("skipping %s: not a JSON object", path)
-            continue
-        out[path.parent.name] = data
+            out[path.parent.name] = read_metrics(path, None if cells is None else path.parent.name)
+        except ResultsError as err:
+            bad.append(err)
+    raise_all(bad)
     return out
+
+
+def _stale(study: Study, metrics: dict) -> list[str]:
+    """Finished cells trained under another weight-defining config than the study gives them now."""
+    recipe = study.config.get("recipe", {})
+    by_diff: dict[str, list[str]] = {}
+    for cid, m in metrics.items():
+        cell = study.cells.get(cid)
+        if cell is None or not isinstance(m.get("config"), dict):
+            continue
+        wanted = build_run_config(recipe, cell_overrides(study, cell))
+        shown = config_diff(weights_config(m["config"]), weights_config(wanted))
+        if shown:
+            by_diff.setdefault(shown, []).append(cid)
+    out = []
+    for shown, cids in by_diff.items():
+        listed = ", ".join(cids[:3]) + (f" and {len(cids) - 3} more" if len(cids) > 3 else "")
+        out.append(f"{len(cids)} cell(s) trained with another config ({shown}): {listed}")
+    return out
+
+
+def _unevaluated(study: Study, metrics: dict) -> list[str]:
+    """Finished cells without the results (test set, test mode) one of the study's rows shows."""
+    out = []
+    for ref in study.rows:
+        for cid in ref.cells:
+            if cid in metrics and ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
+                line = f"{cid} has no {ref.mode!r} results on {ref.dataset}"
+                if line not in out:
+                    out.append(line)
+    return out
+
+
+def check_current(study: Study, metrics: dict, runs_dir: str | Path) -> None:
+    """Each finished cell holds what the study asks of it now: its weight-defining config and every test
+    mode its rows show. Snakemake reruns a changed cell first; `python -m mhsa.study.tables` after an edit of
+    config.yaml, or outputs accepted with `snakemake --touch`, would otherwise show other numbers under
+    the row's name, or n/a (docs/reliability.md, "Corrupt results")."""
+    problems = _stale(study, metrics) + _unevaluated(study, metrics)
+    if problems:
+        more = f" and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ResultsError(f"{runs_dir}: finished cells do not match config.yaml: "
+                           + "; ".join(problems[:MAX_PROBLEMS]) + more + "; rerun Snakemake (it retrains or "
+                           "re-evaluates them), or delete their metrics.json")
+
+
+def require_runs(study: Study, runs_dir: str | Path, metrics: dict) -> None:
+    """For the command line: a runs folder that does not exist, or holds no cell of the study, is a
+    typo of --runs or --preset, not a study with nothing finished (which Snakemake never builds)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResultsError(f"runs folder {runs_dir} does not exist (--runs); pass the folder that holds "
+                           f"<cell>/metrics.json, e.g. {study.config.get('results_dir', 'results')}/runs")
+    if not any(c in metrics for c in study.cells):
+        example = next(iter(study.cells), "<cell>")
+        raise ResultsError(f"no finished cell of preset {study.config.get('preset')!r} under {runs_dir} (expected "
+                           f"e.g. {runs_dir / example / 'metrics.json'}); check --runs and --preset")
 
 
 def metric_value(metrics: dict, cell: str, test_set: str, mode: str, metric: str) -> float | None:
@@ -439,7 +533,8 @@ def build_all(
 ) -> dict:
     """All tables of `study.table_ids()` -> results files + summary.md; returns {table id: tidy frame}."""
     paper = load_paper(paper_csv)
-    metrics = load_metrics(runs_dir)
+    metrics = load_metrics(runs_dir, study.cells)
+    check_current(study, metrics, runs_dir)
     synthetic = study.config.get("data_source") == "synthetic"
     preset = str(study.config.get("preset", "demo"))
     out_dir = Path(out_dir)
@@ -480,9 +575,11 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--paper", default=None, help="paper CSV (default: mhsa/study/paper_results.csv)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    study = build_study(load_config(args.config), args.preset)
-    frames = build_all(study, args.runs, args.out, args.paper)
-    print(f"wrote {len(frames)} table(s) to {args.out}")
+    with cli_errors():
+        study = build_study(load_config(args.config), args.preset)
+        require_runs(study, args.runs, load_metrics(args.runs, study.cells))
+        frames = build_all(study, args.runs, args.out, args.paper)
+        print(f"wrote {len(frames)} table(s) to {args.out}")
     return 0
 
 

@@ -204,9 +204,11 @@ def test_auto_switch_follows_the_budget():
 
 
 def test_unreadable_image_names_the_file(ds, tmp_path):
+    from mhsa.errors import DataError
+
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(OSError, match="bad.jpg"):
+    with pytest.raises(DataError, match="bad.jpg"):
         DecodedCache.open_or_build([(str(bad), 0, 0)], H, W, tmp_path / "c", {"dataset": "x", "split": "y"})
     assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".tmp", ".npy", ".json")]
 

@@ -139,7 +139,8 @@ def test_family_figure_and_occlusion_curve(tmp_path):
     run = tmp_path / "cell"
     run.mkdir()
     np.savez(run / "attention.npz", alpha=out["alpha"].numpy())
-    metrics = {"eval": {"t": {"global": {"rank1": 50.0, "mAP": 40.0}, "local": {"rank1": 40.0, "mAP": 30.0},
+    metrics = {"cell": "cell",
+               "eval": {"t": {"global": {"rank1": 50.0, "mAP": 40.0}, "local": {"rank1": 40.0, "mAP": 30.0},
                               "head1": {"rank1": 25.0, "mAP": 20.0}}},
                "history": [{"epoch": e, "ce_global": 2.0 / e, "ihtl": 1.0} for e in (1, 2)],
                "config": {"loss": {"lambda2": 1.0}}}

@@ -39,7 +39,10 @@ def save(obj, f, *a, **k):
     count["save"] += 1
     real_save(obj, f, *a, **k)
     if when == "save" and count["save"] == int(n):  # the temp file is half written when the kill lands
-        os.truncate(f, os.path.getsize(f) // 2)
+        if hasattr(f, "flush"):  # mhsa.run.checkpoint saves through a file object
+            f.flush()
+        path = getattr(f, "name", f)
+        os.truncate(path, os.path.getsize(path) // 2)
         die()
 
 def step(self, *a, **k):

@@ -69,6 +69,11 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert diag["branches"]["branches"]["global"]["rank1"] == saved["eval"]["market1501"]["global"]["rank1"]
     assert 0 <= diag["attention"]["entropy_norm_mean"] <= 1
     assert diag["losses"]["epochs"] == [1, 2, 3] and set(diag["losses"]["weighted"]) >= {"fdrt", "ihtl"}
+    # what the numbers are averaged over (docs/reliability.md, "Counts")
+    data = saved["data"]
+    assert data["train"]["dataset"] == "market1501" and data["train"]["images"] > 0 and data["train"]["identities"] > 0
+    test = data["test"]["market1501"]
+    assert test["queries"] > 0 and test["gallery"] > 0 and 0 < test["num_valid_queries"] <= test["queries"]
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
@@ -108,7 +113,11 @@ def test_changed_config_refuses_the_stale_checkpoint(data_root, tmp_path):
     train_mod.train_cell(cfg, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     changed = tiny_cfg(data_root, tmp_path, name="stale", loss={"lambda1": 0.5})
     changed.optim.epochs = 1
-    with pytest.raises(StaleCheckpointError, match=r"loss\.lambda1: 0\.0001 -> 0\.5"):
+    # the finished cell's metrics.json is refused first (it would be overwritten), then its checkpoint
+    with pytest.raises(StaleCheckpointError, match=r"metrics\.json holds .*loss\.lambda1: 0\.0001 -> 0\.5"):
+        train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
+    (tmp_path / "stale" / "metrics.json").unlink()
+    with pytest.raises(StaleCheckpointError, match=r"checkpoint .*loss\.lambda1: 0\.0001 -> 0\.5"):
         train_mod.train_cell(changed, tmp_path / "stale", tracking_uri=sqlite_uri(tmp_path))
     # Runtime settings do not invalidate it: more workers or another test batch resume fine.
     same = tiny_cfg(data_root, tmp_path, name="stale", data={"test_batch": 7})

@@ -60,7 +60,7 @@ def paper():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, study) -> Path:
     """metrics.json for every ci cell except: Market-1501 cells (Table IV) missing; the MHSA-Net† cells
-    only for seed 0; one corrupt file (skipped)."""
+    only for seed 0; one corrupt file of a cell the study does not have (not read)."""
     root = tmp_path_factory.mktemp("runs")
     for cid, cell in study.cells.items():
         if cell.dataset == "market1501":
@@ -82,8 +82,8 @@ def runs(tmp_path_factory, study) -> Path:
 
 
 @pytest.fixture(scope="module")
-def metrics(runs):
-    return T.load_metrics(runs)
+def metrics(runs, study):
+    return T.load_metrics(runs, study.cells)
 
 
 def line(df, row, dataset, metric) -> dict:
@@ -92,8 +92,10 @@ def line(df, row, dataset, metric) -> dict:
     return hit.iloc[0].to_dict()
 
 
-def test_load_metrics(metrics, study):
-    assert "broken__cell__s0" not in metrics
+def test_load_metrics(metrics, study, runs):
+    assert "broken__cell__s0" not in metrics  # not a cell of the study: not read
+    with pytest.raises(T.ResultsError, match="broken__cell__s0/metrics.json: corrupt"):
+        T.load_metrics(runs)  # every folder: the corrupt file is named, not skipped
     assert "occluded_duke__baseline__s2" in metrics
     assert not any(c.startswith("market1501__") for c in metrics)
     assert metrics["occluded_duke__baseline__s1"]["eval"]["occluded_duke"]["global"]["rank1"] == 41.0

@@ -73,60 +73,110 @@ def test_authors_keys_in_the_schema_are_the_studys_sections():
     assert not pattern.match("attention_softmax") and not pattern.match("tracking.enabled")
 
 
-def _bounds(schema: dict) -> tuple[float | None, bool, float | None]:
-    """(lower bound, lower bound exclusive?, upper bound) of a numeric schema."""
-    if "exclusiveMinimum" in schema:
-        return schema["exclusiveMinimum"], True, schema.get("maximum")
-    return schema.get("minimum"), False, schema.get("maximum")
-
-
-def _run_config_probe(section: str | None, key: str, value):
-    data = {key: value} if section is None else {section: {key: value}}
-    # the height bound holds for both sides of the image
-    if section == "data" and key in ("height", "width"):
-        data["data"] = {"height": value, "width": value}
-        data["model"] = {"num_heads": 1}  # the smallest input has one feature-map position (K <= h*w)
-    if section == "optim" and key == "epochs":  # warm-up must fit into the epochs
-        data["optim"]["warmup_epochs"] = 0
-    return build_run_config(data)
-
-
-# (schema node, run-config section, key, integer?)
-RECIPE_BOUNDS = [
-    (RECIPE["data"]["properties"]["p"], "data", "p", True),
-    (RECIPE["data"]["properties"]["k"], "data", "k", True),
-    (RECIPE["data"]["properties"]["height"], "data", "height", True),
-    (RECIPE["data"]["properties"]["workers"], "data", "workers", True),
-    (RECIPE["optim"]["properties"]["lr"], "optim", "lr", False),
-    (RECIPE["optim"]["properties"]["epochs"], "optim", "epochs", True),
-    (RECIPE["optim"]["properties"]["weight_decay"], "optim", "weight_decay", False),
-    (RECIPE["optim"]["properties"]["decay"], "optim", "decay", False),
-    (RECIPE["eval"]["properties"]["rerank_k1"], "eval", "rerank_k1", True),
-    (RECIPE["eval"]["properties"]["rerank_k2"], "eval", "rerank_k2", True),
-    (RECIPE["eval"]["properties"]["rerank_lambda"], "eval", "rerank_lambda", False),
-    (RECIPE["checkpoint_every"], None, "checkpoint_every", True),
-]
-
-
 def _resolve(node: dict) -> dict:
     return DEFS[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
 
 
-@pytest.mark.parametrize("node, section, key, integer", RECIPE_BOUNDS, ids=[b[2] for b in RECIPE_BOUNDS])
-def test_recipe_bounds_match_the_run_config(node, section, key, integer):
-    lo, exclusive, hi = _bounds(_resolve(node))
-    assert lo is not None, f"schema gives no lower bound for {key}"
-    step = 1 if integer else 1e-9
-    if exclusive:
-        _run_config_probe(section, key, lo + step)
-    else:
-        _run_config_probe(section, key, lo)
-    with pytest.raises(ConfigError, match=key):
-        _run_config_probe(section, key, lo if exclusive else lo - step)
-    if hi is not None:
-        _run_config_probe(section, key, hi)
-        with pytest.raises(ConfigError, match=key):
-            _run_config_probe(section, key, hi + step)
+def _schema_range(node: dict) -> run_config.Range:
+    """The schema's bounds of a numeric node as a run-config Range."""
+    node = _resolve(node)
+    if "exclusiveMinimum" in node:
+        return run_config.Range(node["exclusiveMinimum"], node.get("maximum"), lo_open=True)
+    return run_config.Range(node.get("minimum"), node.get("maximum"))
+
+
+def _numeric_recipe_keys(props: dict, prefix: str = ""):
+    """(dotted run-config key, schema node) of every numeric property under the schema's recipe."""
+    for name, node in props.items():
+        node = _resolve(node)
+        if node.get("type") == "object":
+            yield from _numeric_recipe_keys(node.get("properties", {}), f"{prefix}{name}.")
+        elif node.get("type") == "array" and node.get("items", {}).get("type") in ("integer", "number"):
+            yield prefix + name, node["items"]
+        elif node.get("type") in ("integer", "number") and "enum" not in node:
+            yield prefix + name, node
+
+
+# The schema's numeric nodes outside the recipe that stand for run-config keys (knobs and presets).
+KNOB_NODES = [
+    ("model.num_heads", DEFS["knob_values"]["properties"]["K"]),
+    ("loss.lambda1", DEFS["knob_values"]["properties"]["lambda1"]),
+    ("loss.lambda2", DEFS["knob_values"]["properties"]["lambda2"]),
+    ("loss.lambda3", DEFS["knob_values"]["properties"]["lambda3"]),
+    ("loss.gamma", DEFS["knob_values"]["properties"]["gamma"]),
+    ("seed", SCHEMA["properties"]["seeds"]["items"]),
+    ("seed", PRESET["properties"]["seeds"]["items"]),
+    *((f"data.synthetic.{k}", PRESET["properties"]["synthetic"]["properties"][k]) for k in synthetic.PRESET_PARAMS),
+]
+SCHEMA_BOUNDS = [*_numeric_recipe_keys(RECIPE), *KNOB_NODES]
+
+
+@pytest.mark.parametrize("key, node", SCHEMA_BOUNDS, ids=[k for k, _ in SCHEMA_BOUNDS])
+def test_schema_bounds_are_the_run_configs(key, node):
+    """Each numeric bound the schema states for config.yaml repeats mhsa.switches.BOUNDS, the one place."""
+    assert key in run_config.BOUNDS, f"{key} has bounds in the schema but none in mhsa.switches.BOUNDS"
+    assert _schema_range(node) == run_config.BOUNDS[key]
+
+
+def _numeric_fields(cls, prefix: str = ""):
+    """(dotted key, "int" | "float") of every numeric field of the run config (milestones: int)."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            yield from _numeric_fields(type(default), f"{prefix}{f.name}.")
+        elif f.type in ("int", "float"):
+            yield prefix + f.name, f.type
+        elif f.name == "milestones":
+            yield prefix + f.name, "int"
+
+
+FIELD_TYPES = {**dict(_numeric_fields(run_config.RunConfig)),
+               **{f"data.synthetic.{k}": "int" for k in run_config.SYNTHETIC_KEYS}}
+
+
+def test_every_numeric_knob_of_every_section_has_bounds():
+    """A new int/float field of any run-config section without an entry in BOUNDS fails here."""
+    fields = set(dict(_numeric_fields(run_config.RunConfig)))
+    assert {"data.pad", "seed", "threads", "data.test_batch", "optim.momentum", "optim.milestones"} <= fields
+    assert fields - set(run_config.BOUNDS) == set()
+    assert set(run_config.BOUNDS) <= set(FIELD_TYPES)  # no bound of a key that does not exist
+
+
+@pytest.mark.parametrize("key", sorted(run_config.BOUNDS))
+def test_each_bound_is_enforced_at_its_edge(key):
+    """The bound itself is accepted and one step beyond it is rejected, naming the key."""
+    bound = run_config.BOUNDS[key]
+    step = 1 if FIELD_TYPES[key] == "int" else 1e-9
+    for edge, is_open, sign in ((bound.lo, bound.lo_open, -1), (bound.hi, bound.hi_open, 1)):
+        if edge is None:
+            continue
+        inside = edge - sign * step if is_open else edge
+        _probe(key, inside)
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+            _probe(key, edge if is_open else edge + sign * step)
+
+
+def _probe(key: str, value):
+    """A run config with `key` set to `value` (and what must go with it so that only `key` decides)."""
+    data: dict = {}
+    node = data
+    *sections, leaf = key.split(".")
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[leaf] = [value] if leaf == "milestones" else value
+    if key in ("data.height", "data.width"):
+        data["data"].update({"height": max(value, 16), "width": max(value, 16)})
+        data["data"][leaf] = value
+        data["model"] = {"num_heads": 1}  # the smallest input has one feature-map position (K <= h*w)
+    if key in ("optim.epochs", "optim.warmup_epochs"):  # warm-up must fit into the epochs
+        data["optim"].update({"warmup_epochs": 0, "epochs": 10, leaf: value})
+    if key == "model.num_heads":
+        data["data"] = {"height": 384, "width": 128}
+    if key == "model.attention_layers":
+        data["model"]["attention_mlp"] = "paper"
+    return build_run_config(data)
 
 
 def test_knob_bounds_match_the_run_config():
@@ -135,16 +185,6 @@ def test_knob_bounds_match_the_run_config():
     build_run_config({"model": {"num_heads": 1}})
     with pytest.raises(ConfigError, match="model.num_heads"):
         build_run_config({"model": {"num_heads": 0}})
-    lo, exclusive, _ = _bounds(knobs["gamma"])
-    assert (lo, exclusive) == (0, True)
-    build_run_config({"loss": {"gamma": 1e-12}})
-    with pytest.raises(ConfigError, match="loss.gamma"):
-        build_run_config({"loss": {"gamma": 0.0}})
-    for key in ("lambda1", "lambda2", "lambda3"):
-        assert _bounds(_resolve(knobs[key]))[:2] == (0, False)
-        build_run_config({"loss": {key: 0.0}})
-        with pytest.raises(ConfigError, match=f"loss.{key}"):
-            build_run_config({"loss": {key: -1e-9}})
 
 
 def test_synthetic_bounds_match_the_generator():

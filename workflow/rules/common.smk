@@ -17,6 +17,7 @@ from snakemake.io import report as report_flag
 from mhsa.config import build_run_config, weights_digest
 from mhsa.run.cpu_kernels import pin_env
 from mhsa.data.synthetic import COMPLETE_MARKER, dataset_seed
+from mhsa.io import results_dir_problem
 from mhsa.study.build import (
     StudyError,
     build_study,
@@ -27,15 +28,29 @@ from mhsa.study.build import (
 from mhsa.study.tables import TABLE_FORMATS
 from mhsa.run.tracking import default_uri
 
+
+def results_dir_given():
+    """`--config results_dir=DIR` on the command line, else None. Snakemake merges it into `config`
+    like config.yaml's own default, so it is read where Snakemake keeps the command line's values
+    apart: an explicit results_dir wins over a preset's own (docs/workflow.md, "Presets").
+    """
+    given = workflow.config_settings.config or {}
+    return str(given["results_dir"]) if "results_dir" in given else None
+
+
 try:
     # `--config preset=paper` lands in config["preset"] and wins over config.yaml.
-    STUDY = build_study(config, config.get("preset"))
+    STUDY = build_study(config, config.get("preset"), results_dir_given())
 except StudyError as err:
     raise WorkflowError(str(err)) from None
 
 CFG = STUDY.config  # the preset-resolved config
 PRESET = CFG["preset"]
 RESULTS = str(CFG.get("results_dir", "results")).rstrip("/")
+# A file where the results directory should be breaks even a dry-run's DAG (a Snakemake traceback):
+# one line instead. Whether it can be written is checked by onstart, for real runs only.
+if results_dir_problem(RESULTS, write=False):
+    raise WorkflowError(results_dir_problem(RESULTS, write=False))
 WF = CFG.get("workflow") or {}
 SYNTHETIC = CFG["data_source"] == "synthetic"
 DATASETS = list(CFG["datasets"])
@@ -63,6 +78,15 @@ MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
 os.environ.update(pin_env(CFG["recipe"].get("cpu_kernels", "native")))
 
 
+def check_results_dir():
+    """onstart (real runs only): the results directory can be written, else one line naming it. Not at
+    parse time: a dry-run or `--report` over finished results on a read-only disk is fine.
+    """
+    problem = results_dir_problem(RESULTS)
+    if problem:
+        raise WorkflowError(f"{problem}. No job was started.")
+
+
 def check_cluster_tracking():
     """onstart: jobs on many nodes must not share an sqlite/file store over NFS. The executor is
     known only once the workflow starts (not at parse time), hence a hook; it runs before any job.
@@ -85,7 +109,8 @@ WARM_WORKER = []  # the Popen of this run's warm worker, if one was started
 def warm_worker_decision():
     """(on, why): `workflow.warm_worker` true/false, or auto (the default): on for local runs of the
     synthetic presets, whose cells take seconds to minutes, so the ~7 s of imports it saves per job is
-    10-50 % of a job; off for real data, whose cells take hours (docs/workflow.md "The warm worker")."""
+    10-50 % of a job; off for real data, whose cells take hours (docs/workflow.md "The warm worker").
+    """
     from mhsa.run.warm_worker import unusable_here
 
     setting = WF.get("warm_worker", "auto")
@@ -103,7 +128,8 @@ def warm_worker_decision():
 def start_warm_worker():
     """onstart: a process that imports torch and MLflow once and forks per training job
     (mhsa.run.warm_worker), where `warm_worker_decision` says so. Stopped by PID in onsuccess/onerror.
-    The decision is the run's first line; a worker that cannot start says why, and jobs run alone."""
+    The decision is the run's first line; a worker that cannot start says why, and jobs run alone.
+    """
     from mhsa.run.warm_worker import WorkerUnavailable, start
 
     on, why = warm_worker_decision()
@@ -114,7 +140,9 @@ def start_warm_worker():
     cores = workflow.cores if isinstance(workflow.cores, int) else threads
     log = f"{RESULTS}/logs/warm_worker.log"
     try:
-        proc = start(RESULTS, Path(workflow.basedir), log, min(threads, cores), os.getpid())
+        proc = start(
+            RESULTS, Path(workflow.basedir), log, min(threads, cores), os.getpid()
+        )
     except WorkerUnavailable as err:
         logger.warning(
             f"warm worker: NOT started ({err}); training jobs run in their own processes"

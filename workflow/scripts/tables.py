@@ -12,7 +12,6 @@ from wf_common import add_repo_to_path
 
 add_repo_to_path(__file__)
 
-import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -20,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mhsa.run.job_log import log_to  # noqa: E402
+from mhsa.run.results import check_cell_outputs, read_metrics  # noqa: E402
 from mhsa.run.tracking import feed_tags, log_run_artifacts, log_study_outputs, study_tags  # noqa: E402
 from mhsa.study.build import Cell, RowRef, Study, cell_overrides  # noqa: E402
 from mhsa.study.plots import build_all_figures, overlay_from_npz  # noqa: E402
@@ -39,8 +39,7 @@ def mlflow_updates(study: Study, metrics_files: list, overlays: list):
         if Path(metrics_file).parent != Path(overlay).parent:
             raise RuntimeError(f"input.metrics and output.overlays are not in the same cell order: "
                                f"{metrics_file} vs {overlay}")
-        with open(metrics_file, encoding="utf-8") as fh:
-            m = json.load(fh)
+        m = read_metrics(metrics_file)
         cell = study.cells.get(m.get("cell"))
         run_id = (m.get("train") or {}).get("mlflow_run_id")
         yield run_id, [overlay], {"feeds": "; ".join(cell.feeds), **feed_tags(cell.feeds)} if cell else {}
@@ -56,6 +55,9 @@ def overlays_to_mlflow(study: Study, attention: list, overlays: list, metrics_fi
 
 
 with log_to(snakemake.log[0]) as log:
+    # Every cell's outputs read, or one line naming each corrupt file (delete it: Snakemake retrains
+    # the cell), before anything is drawn (docs/reliability.md, "Corrupt results").
+    check_cell_outputs(snakemake.input.metrics, snakemake.input.attention)
     study = study_from_params(snakemake.params.study)
     runs_dir, tables_dir = Path(snakemake.params.runs_dir), Path(snakemake.params.tables_dir)
     figures_dir = Path(snakemake.output.figures)
