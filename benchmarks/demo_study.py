@@ -93,12 +93,12 @@ def reeval(run_dir: Path, data_dir: Path, num_ids: int) -> dict:
     Writes ``<run>/reeval_<num_ids>.json`` ({mode: metrics}) and returns it."""
     import torch
 
-    from mhsa.config import load_config
+    from mhsa.config import load_run_config
     from mhsa.model import build_model
     from mhsa.run.checkpoint import load_checkpoint
     from mhsa.run.train import ensure_data, evaluate_cell
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / "config.yaml")
     torch.set_num_threads(1)
     syn = dict(cfg.data.synthetic, num_ids=num_ids)
     cov = syn.get("occlusion", {}).get("coverage")

@@ -31,9 +31,9 @@ def _setup_logging(log_file: str | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mhsa.config import load_config
+    from mhsa.config import load_run_config
 
-    cfg = load_config(args.config, args.set)  # before importing torch: config mistakes fail fast
+    cfg = load_run_config(args.config, args.set)  # before importing torch: config mistakes fail fast
     from mhsa.run.cpu_kernels import pin
 
     pin(cfg.cpu_kernels)  # torch and NumPy read it once, at import

@@ -7,6 +7,7 @@ lambda2=1, lambda3=1e-3, gamma=1e-3). An unknown key or an out-of-range value is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +25,7 @@ from mhsa.switches import (
     ATTENTION_SOFTMAXES,
     BACKBONES,
     BOUNDS,
+    COMPETITION_CODE_THRESHOLD,
     COMPETITION_FORMS,
     COMPETITION_REDUCTIONS,
     CPU_KERNEL_LEVELS,
@@ -44,7 +46,7 @@ from mhsa.switches import (
     feature_map_size,
 )
 
-__all__ = ["ConfigError", "RunConfig", "build_run_config", "load_config", "validate", "AMP_MODES", "OPTIMIZERS"]
+__all__ = ["ConfigError", "RunConfig", "build_run_config", "load_run_config", "validate", "AMP_MODES", "OPTIMIZERS"]
 
 AMP_MODES = ("bf16", "fp16", "off")  # CUDA autocast dtype, or none
 OPTIMIZERS = ("adam", "sgd")
@@ -82,13 +84,13 @@ class LossConfig:
     global_ce: bool = True  # False: MHSA-Net† (no L_CE on the GFB)
     label_smoothing: float = 0.0  # authors' code: 0.1
     fdrt_norm: str = "l1"  # l1 (Eq. 3) | fro (authors' code)
-    competition_form: str = "paper"  # paper (Eq. 12) | code (sum of alpha < 0.01, unsquared)
+    competition_form: str = "paper"  # paper (Eq. 12) | code (sum of alpha below competition_threshold, unsquared)
     ihtl_self_positive: bool = False  # True: authors' code (anchor's own heads are positives)
     # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
     distance: str = "squared"  # squared (Eq. 4-5) | euclidean (authors: triplet and IHTL)
     fdrt_form: str = "paper"  # paper (Eq. 3, with fdrt_norm) | authors (Gram of raw P, 1/25, batch sum)
     competition_reduction: str = "mean"  # mean over images | sum (authors' trainer)
-    competition_threshold: float = 0.01  # threshold of competition_form=code (utils/loss.py: 1e-3)
+    competition_threshold: float = COMPETITION_CODE_THRESHOLD  # of competition_form=code
 
 
 @dataclass
@@ -382,7 +384,7 @@ AUTHORS_CHOICES = {
 _AUTHORS_WEIGHT_DEFAULTS = {
     **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},
     "model.z_layernorm": False, "model.extra_bottleneck": False, "model.shared_classifier": False,
-    "model.residual_detach_q": False, "loss.competition_threshold": 0.01,
+    "model.residual_detach_q": False, "loss.competition_threshold": COMPETITION_CODE_THRESHOLD,
 }
 
 
@@ -422,20 +424,22 @@ def _split_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), _yaml_value(raw, f"--set {item}")
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
+def deep_merge(base: dict, over: dict | None, replace: tuple = ()) -> dict:
+    """A copy of `base` with `over` merged in, mapping by mapping; the mappings under a key of
+    `replace` are taken whole from `over` (a cell's `eval.targets` replaces the recipe's)."""
+    out = copy.deepcopy(base)
     for key, value in (over or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "targets":
-            out[key] = _deep_merge(out[key], value)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in replace:
+            out[key] = deep_merge(out[key], value, replace)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 
 def build_run_config(recipe: dict | None = None, overrides: dict | None = None,
                      dotted: list[str] | None = None) -> RunConfig:
     """Merge `overrides` (a cell's own knobs) over `recipe` (shared), apply `key=value` items."""
-    data = _deep_merge(recipe or {}, overrides or {})
+    data = deep_merge(recipe or {}, overrides, replace=("targets",))
     for item in dotted or []:
         keys, value = _split_override(item)
         node = data
@@ -447,7 +451,7 @@ def build_run_config(recipe: dict | None = None, overrides: dict | None = None,
     return validate(_build(RunConfig, data, ""))
 
 
-def load_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
+def load_run_config(path: str | Path, dotted: list[str] | None = None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"

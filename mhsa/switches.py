@@ -53,6 +53,9 @@ DEFAULT_GAMMA = 1e-3
 COMPETITION_FORMS = ("paper", "code")  # L_C as Eq 12, or as the authors' code
 FDRT_NORMS = ("l1", "fro")  # Eq 3 as written, or the Frobenius norm of the text and the code
 COMPETITION_REDUCTIONS = ("mean", "sum")  # L_C averaged (paper) or summed over the batch (authors' code)
+# competition_form "code": the authors' root loss.py:278 hard-codes this threshold instead of gamma
+# (their utils/loss.py:289 has 1e-3)
+COMPETITION_CODE_THRESHOLD = 0.01
 FDRT_FORMS = ("paper", "authors")  # Eq 3, or the code's Gram of un-normalised P scaled by 1/25
 RERANK_INPUTS = ("squared", "euclidean")  # what re-ranking is fed: torchreid's form, or the authors'
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from mhsa.switches import COMPETITION_CODE_THRESHOLD as CODE_THRESHOLD
 from mhsa.switches import COMPETITION_FORMS as FORMS
 from mhsa.switches import COMPETITION_REDUCTIONS as REDUCTIONS
 from mhsa.switches import DEFAULT_GAMMA
 
 __all__ = ["CODE_THRESHOLD", "DEFAULT_GAMMA", "FORMS", "REDUCTIONS", "competition"]
-
-# the authors' root loss.py:278 hard-codes this threshold instead of using gamma (utils/loss.py:289: 1e-3)
-CODE_THRESHOLD = 0.01
 
 
 def competition(

@@ -1,6 +1,6 @@
 """Train and evaluate one ablation cell: the paper's recipe (Sec. VII-B) as a flat loop.
 
-    cfg = load_config("mhsa/configs/smoke.yaml"); train_cell(cfg, "results/runs/smoke")
+    cfg = load_run_config("mhsa/configs/smoke.yaml"); train_cell(cfg, "results/runs/smoke")
 
 `train_cell` reads top to bottom: `set_up` (data, seeded model, loss, optimiser) and `resume`, then
 per epoch `train_one_epoch` (`forward_backward` per P x K batch) and `end_of_epoch` (log, optional

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from hashlib import sha1
 from pathlib import Path
 
-from mhsa.config import ConfigError, ModelConfig, build_run_config, check_modes
+from mhsa.config import ModelConfig, build_run_config, check_modes, deep_merge
 from mhsa.data.synthetic import PRESET_PARAMS
+from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import default_modes
 from mhsa.io import load_file
 from mhsa.switches import DEFAULT_GAMMA
@@ -152,15 +153,29 @@ class Study:
     def figure_ids(self) -> list:
         return list(self.config.get("figures", {}))
 
+    def experiments(self) -> list[str]:
+        """The MLflow experiments its cells log to."""
+        return [experiment_name(self.config)]
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (over or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    def to_data(self) -> dict:
+        """The study as plain, JSON-able data (for the tables step; `from_data` rebuilds it): the
+        resolved config without `presets`, the cells (test modes as sorted lists, so that the same
+        study always gives the same data) and the rows."""
+        cells = [{**asdict(c), "targets": {t: sorted(m) for t, m in sorted(c.targets.items())}}
+                 for c in self.cells.values()]
+        config = {k: v for k, v in self.config.items() if k != "presets"}
+        return {"config": config, "cells": cells, "rows": [asdict(r) for r in self.rows]}
+
+    @classmethod
+    def from_data(cls, data: dict) -> Study:
+        cells = {c["id"]: Cell(**{**c, "targets": {t: set(m) for t, m in c["targets"].items()}})
+                 for c in data["cells"]}
+        return cls(data["config"], cells, [RowRef(**r) for r in data["rows"]])
+
+
+def experiment_name(config: dict) -> str:
+    """The MLflow experiment of a preset-resolved config's cells: one per preset."""
+    return f"mhsa-{config['preset']}"
 
 
 def table_number(table: str) -> int:
@@ -509,12 +524,12 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
         "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset)},
         "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(set(m) | branch_modes(k))}
                              for t, m in sorted(cell.targets.items())}},
-        "tracking": {"experiment": f"mhsa-{cfg['preset']}", "tags": {"feeds": "; ".join(cell.feeds)}},
+        "tracking": {"experiment": experiment_name(cfg), "tags": {"feeds": "; ".join(cell.feeds)}},
     }
     return deep_merge(own, _nest(k.get("authors") or {}))
 
 
-def load_config(path: str | Path) -> dict:
+def load_study_config(path: str | Path) -> dict:
     """config.yaml as a dict, read with the strict loader (a key given twice is an error naming the
     file and line; malformed YAML raises yaml.MarkedYAMLError, which names them too)."""
     path = Path(path)
@@ -527,8 +542,8 @@ def load_config(path: str | Path) -> dict:
 
 
 def check_config_files(paths) -> None:
-    """Read each existing file of `paths` with the strict loader (`load_config`): for the Snakefile,
+    """Read each existing file of `paths` with the strict loader (`load_study_config`): for the Snakefile,
     whose own `configfile:` loader lets a repeated key win silently."""
     for path in paths:
         if Path(path).is_file():
-            load_config(path)
+            load_study_config(path)

@@ -41,7 +41,7 @@ from mhsa.config import ConfigError  # noqa: E402
 from mhsa.errors import cli_errors  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
 from mhsa.run.results import read_attention  # noqa: E402
-from mhsa.study.build import KNOBS, Study, build_study, load_config, table_number  # noqa: E402
+from mhsa.study.build import KNOBS, Study, build_study, load_study_config, table_number  # noqa: E402
 from mhsa.study.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
@@ -564,7 +564,7 @@ def main(argv: list | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with cli_errors():
-        study = build_study(load_config(args.config), args.preset)
+        study = build_study(load_study_config(args.config), args.preset)
         require_runs(study, args.runs, load_metrics(args.runs, study.cells))
         paths = build_all_figures(study, args.runs, args.out, args.paper)
         overlays = [overlay_from_npz(p, p.with_suffix(".png"))

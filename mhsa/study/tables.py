@@ -26,7 +26,7 @@ from mhsa.config import build_run_config, config_diff, weights_config
 from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
 from mhsa.run.results import raise_all, read_metrics
-from mhsa.study.build import Study, build_study, cell_overrides, load_config, table_number
+from mhsa.study.build import Study, build_study, cell_overrides, load_study_config, table_number
 
 log = logging.getLogger(__name__)
 
@@ -576,7 +576,7 @@ def main(argv: list | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with cli_errors():
-        study = build_study(load_config(args.config), args.preset)
+        study = build_study(load_study_config(args.config), args.preset)
         require_runs(study, args.runs, load_metrics(args.runs, study.cells))
         frames = build_all(study, args.runs, args.out, args.paper)
         print(f"wrote {len(frames)} table(s) to {args.out}")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mhsa.config import ConfigError, RunConfig, build_run_config, load_config
+from mhsa.config import ConfigError, RunConfig, build_run_config, load_run_config
 
 
 def test_defaults_are_the_papers_recipe():
@@ -42,15 +42,15 @@ def test_load_config_names_the_file(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("model: {num_heads: -2}\n")
     with pytest.raises(ConfigError, match="run.yaml.*model.num_heads"):
-        load_config(p)
+        load_run_config(p)
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        load_run_config(tmp_path / "missing.yaml")
 
 
 def test_smoke_config_is_valid():
     from pathlib import Path
 
-    cfg = load_config(Path(__file__).parents[2] / "mhsa" / "configs" / "smoke.yaml")
+    cfg = load_run_config(Path(__file__).parents[2] / "mhsa" / "configs" / "smoke.yaml")
     assert cfg.data.synthetic is not None and cfg.optim.epochs >= 1
 
 

@@ -12,19 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from mhsa.config import ConfigError, build_run_config
-from mhsa.config import load_config as load_run_config
+from mhsa.config import ConfigError, build_run_config, load_run_config
 from mhsa.errors import ResultsError, describe
 from mhsa.io import DuplicateKeyError, load_text
-from mhsa.study.build import StudyError, build_study, load_config
+from mhsa.study.build import StudyError, build_study, load_study_config
 from mhsa.study.tables import PAPER_CSV, load_paper
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config(ROOT / "config.yaml")
+    return load_study_config(ROOT / "config.yaml")
 
 
 def _edit(tmp_path, old: str, new: str, name: str = "config.yaml") -> Path:
@@ -45,7 +44,7 @@ def _edit(tmp_path, old: str, new: str, name: str = "config.yaml") -> Path:
 def test_a_key_twice_in_config_yaml_names_file_line_and_key(tmp_path, old, new, key):
     path = _edit(tmp_path, old, new)
     with pytest.raises(DuplicateKeyError) as err:
-        load_config(path)
+        load_study_config(path)
     msg = describe(err.value)
     original = (ROOT / "config.yaml").read_text()
     first = original[:original.index(old)].count("\n") + len(old.splitlines())  # the key's line, before the edit

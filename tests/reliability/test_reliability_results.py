@@ -14,14 +14,14 @@ import pytest
 from mhsa.errors import ResultsError
 from mhsa.run.results import REDO, check_cell_outputs, read_attention
 from mhsa.study import tables as T
-from mhsa.study.build import build_study, load_config
+from mhsa.study.build import build_study, load_study_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def study():
-    return build_study(load_config(ROOT / "config.yaml"), "ci")
+    return build_study(load_study_config(ROOT / "config.yaml"), "ci")
 
 
 def _metrics(cell: str, targets: dict | None = None) -> dict:

@@ -23,7 +23,7 @@ import pytest
 
 from mhsa.errors import describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "mhsa" / "configs" / "smoke.yaml"
 DATA = "results/synthetic/smoke-market1501"  # the smoke config's root, relative to the work dir
 SMALL = ["--set", "tracking.enabled=false", "--set", "optim.epochs=1", "--set", "eval.attention_images=2",
@@ -91,10 +91,10 @@ def test_an_out_of_range_knob_stops_before_anything_runs(cli, work, item, messag
 def finished(work, tmp_path):
     """What a cell finished with keep_weights: false leaves: metrics.json (recording its resolved config)
     and config.yaml, no checkpoint (a real run of it: tests/test_reliability_kills.py)."""
-    from mhsa.config import load_config, save_config
+    from mhsa.config import load_run_config, save_config
     from mhsa.io import atomic_write_json
 
-    cfg = load_config(SMOKE, [a for a in SMALL if a != "--set"])
+    cfg = load_run_config(SMOKE, [a for a in SMALL if a != "--set"])
     out = tmp_path / "finished"
     (out / "checkpoints").mkdir(parents=True)
     atomic_write_json(out / "metrics.json", {"cell": cfg.name, "config": cfg.to_dict(),
@@ -116,12 +116,12 @@ def test_a_rerun_with_another_config_never_overwrites_a_finished_cell(cli, finis
 
 def test_the_same_config_is_not_refused(finished):
     """A rerun with only runtime keys changed (a test mode, the threads) re-evaluates: no refusal."""
-    from mhsa.config import load_config
+    from mhsa.config import load_run_config
     from mhsa.run.checkpoint import check_finished_run
 
-    cfg = load_config(SMOKE, [a for a in SMALL if a != "--set"] + ["threads=3", "data.test_batch=7"])
+    cfg = load_run_config(SMOKE, [a for a in SMALL if a != "--set"] + ["threads=3", "data.test_batch=7"])
     check_finished_run(cfg, finished)
-    check_finished_run(load_config(SMOKE, ["loss.lambda1=0.5"]), finished.parent / "elsewhere")
+    check_finished_run(load_run_config(SMOKE, ["loss.lambda1=0.5"]), finished.parent / "elsewhere")
 
 
 def test_queries_without_a_valid_match_are_warned_about_and_counted(caplog):
@@ -304,9 +304,9 @@ def test_the_image_cache_reserves_its_file_and_names_it_when_the_disk_is_full(tm
 
 # ------------------------------------------------------------------------------ results_dir, YAML
 def test_an_explicit_results_dir_wins_over_the_presets(tmp_path):
-    from mhsa.study.build import build_study, dataset_root, load_config
+    from mhsa.study.build import build_study, dataset_root, load_study_config
 
-    config = load_config(REPO / "config.yaml")
+    config = load_study_config(REPO / "config.yaml")
     assert build_study(config, "ci").config["results_dir"] == "results/ci"
     study = build_study(config, "ci", results_dir=str(tmp_path / "mine"))
     assert study.config["results_dir"] == str(tmp_path / "mine")
@@ -368,9 +368,9 @@ def test_a_yaml_syntax_error_in_config_yaml_names_line_and_column(tmp_path, copy
 
 @pytest.mark.parametrize("value", ["", "/", "  "])
 def test_an_empty_results_dir_never_means_the_root_of_the_file_system(value):
-    from mhsa.study.build import StudyError, build_study, load_config
+    from mhsa.study.build import StudyError, build_study, load_study_config
 
-    config = load_config(REPO / "config.yaml")
+    config = load_study_config(REPO / "config.yaml")
     with pytest.raises(StudyError, match="--config results_dir: expected the name of a folder"):
         build_study(config, "ci", results_dir=value)
     with pytest.raises(StudyError, match="presets.ci.results_dir: expected the name of a folder"):
@@ -406,10 +406,10 @@ def test_a_full_disk_while_generating_a_synthetic_set_names_the_image(tmp_path, 
 
 
 def test_a_run_config_that_is_a_directory(tmp_path):
-    from mhsa.config import ConfigError, load_config
+    from mhsa.config import ConfigError, load_run_config
 
     with pytest.raises(ConfigError, match="is a directory, not a file"):
-        load_config(tmp_path)
+        load_run_config(tmp_path)
 
 
 def test_the_synthetic_generator_checks_its_parameters_against_the_same_bounds(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mhsa.study.build import load_config
+from mhsa.study.build import load_study_config
 from mhsa.study.tables import PAPER_CSV, load_paper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +37,13 @@ def paper() -> pd.DataFrame:
 def tables() -> dict:
     """The paper's own tables; XII and XIII (docs/paper-to-code.md "Two readings") borrow their paper numbers
     (`paper_tables`)."""
-    return {t: s for t, s in load_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" not in s}
+    return {t: s for t, s in load_study_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" not in s}
 
 
 def test_borrowed_paper_rows_exist_for_every_metric(paper):
     """Each `paper_row` of Tables XII/XIII names a row of the paper table it borrows from, with a value
     for every metric of the borrowing table on that data set."""
-    borrowing = {t: s for t, s in load_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" in s}
+    borrowing = {t: s for t, s in load_study_config(ROOT / "config.yaml")["tables"].items() if "paper_tables" in s}
     assert set(borrowing) == {"XII", "XIII"}
     for t, spec in borrowing.items():
         assert not (paper.table == t).any(), t  # the CSV stays a transcription of the paper

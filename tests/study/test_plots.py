@@ -13,7 +13,7 @@ import yaml
 
 from mhsa.config import ConfigError
 from mhsa.study import plots as P
-from mhsa.study.build import build_study, load_config
+from mhsa.study.build import build_study, load_study_config
 from mhsa.study.tables import load_paper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def is_png(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def study():
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     cfg["seeds"] = [0, 1]
     cfg["presets"]["demo"]["tables"] = ["V", "VII", "IX", "X", "XI"]
     cfg["presets"]["demo"]["figures"] = ["7", "9", "10"]
@@ -110,7 +110,7 @@ def test_param_sweeps(tmp_path, study, metrics, paper):
 def test_a_sweep_plot_is_a_config_edit(tmp_path):
     """Table VII drawn as a K sweep by adding a `plot:` entry (no code): the rows are the K's of
     Baseline+MHSAM, the reference the row without MHSAM; a bad knob is a ConfigError naming it."""
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     cfg["presets"]["demo"]["tables"] = ["VII"]
     cfg["presets"]["demo"]["figures"] = []
     cfg["tables"]["VII"]["plot"] = {"kind": "param_sweep",
@@ -134,7 +134,7 @@ def test_plots_does_not_know_the_paper_by_name():
     """No table numeral, figure number, variant, data set or knob value in mhsa/study/plots.py: all of it
     comes from config.yaml."""
     text = (ROOT / "mhsa" / "study" / "plots.py").read_text()
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     for name in [*cfg["variants"], *cfg["datasets"], *cfg["tables"]]:
         assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name
     assert not re.search(r"(Fig(ure)?s?\.?|Tables?) ?\d", text)
@@ -232,7 +232,7 @@ def test_attention_grid(tmp_path, study):
 
 
 def test_build_all_figures(tmp_path):
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     cfg["presets"]["demo"]["tables"] = ["IX"]
     cfg["presets"]["demo"]["figures"] = ["9", "7"]
     cfg["figures"]["9"]["sweep"]["K"] = [8]

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from mhsa.study.build import StudyError, build_study, cell_overrides, load_config, table_number
+from mhsa.study.build import StudyError, build_study, cell_overrides, load_study_config, table_number
 
 ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config(ROOT / "config.yaml")
+    return load_study_config(ROOT / "config.yaml")
 
 
 def test_paper_grid_cell_count(config):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mhsa.study import tables as T
-from mhsa.study.build import build_study, load_config
+from mhsa.study.build import build_study, load_study_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [0, 1, 2]
@@ -42,7 +42,7 @@ def expected(cell_base: float, metric: str, seeds=SEEDS) -> list:
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     cfg["seeds"] = list(SEEDS)
     return cfg
 
@@ -277,7 +277,7 @@ def test_unknown_table(study, paper):
 def readings(tmp_path_factory):
     """The demo study with one seed and a metrics.json for every cell of Tables XII and XIII whose value
     encodes the cell: rank1 = 10 + its index in the study's cell list, mAP = rank1 / 2."""
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_study_config(ROOT / "config.yaml")
     study = build_study(cfg, "demo")
     ids = list(study.cells)
     root = tmp_path_factory.mktemp("runs_readings")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mhsa.study.build import build_study, load_config, table_number
+from mhsa.study.build import build_study, load_study_config, table_number
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "tables", "--cores", "2", "--resources", "gpu=2",
@@ -108,7 +108,7 @@ def test_rerun_after_kill_keeps_finished_cells_and_resumes_the_killed_one(ci_run
 
 def test_every_table_and_figure_exists_and_every_own_cell_is_filled(ci_run):
     wd, results, _, _ = ci_run
-    study = build_study(load_config(wd / "config.yaml"), "ci")
+    study = build_study(load_study_config(wd / "config.yaml"), "ci")
     for table in study.table_ids():
         n = table_number(table)
         for ext in ("csv", "md", "html", "tex"):
@@ -127,7 +127,7 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
     from mlflow.tracking import MlflowClient
 
     wd, results, _, _ = ci_run
-    study = build_study(load_config(wd / "config.yaml"), "ci")
+    study = build_study(load_study_config(wd / "config.yaml"), "ci")
     client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mhsa-ci")
     every = client.search_runs([exp.experiment_id], max_results=1000)
@@ -163,7 +163,7 @@ def test_the_cells_trained_in_the_warm_worker(ci_run):
     log = (results / "logs" / "warm_worker.log").read_text()
     assert log.count(": ready on ") == 2 and log.count(": stopped") == 2, log
     assert "not taken" not in log and "imported after the fork" not in log, log
-    cells = build_study(load_config(wd / "config.yaml"), "ci").cells
+    cells = build_study(load_study_config(wd / "config.yaml"), "ci").cells
     for cell in cells:
         assert f": train_cell {cell}\n" in log, f"{cell} did not train in the warm worker"
     assert log.count(": exit 0\n") >= len(cells), log

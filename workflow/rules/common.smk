@@ -3,7 +3,6 @@
 
 import json
 import os
-from dataclasses import asdict
 import re
 from hashlib import sha1
 from pathlib import Path
@@ -264,27 +263,12 @@ def checkpoint_dir(wildcards):
     return f"{RESULTS}/checkpoints/{wildcards.cell}/{run_digest(wildcards)}"
 
 
-def experiment_names():
-    return sorted(
-        {
-            cell_overrides(STUDY, c)["tracking"]["experiment"]
-            for c in STUDY.cells.values()
-        }
-    )
-
-
 # ---------------------------------------------------------------------------- tables rule
 def study_data():
-    """STUDY as plain data for the tables job (workflow/scripts/tables.py rebuilds the objects):
-    the resolved config without `presets`, the cells (test modes as sorted lists: a set's repr
-    changes between runs) and the rows. Snakemake compares the repr of params, so this is also
-    the rule's rerun trigger."""
-    cells = [
-        {**asdict(c), "targets": {t: sorted(m) for t, m in sorted(c.targets.items())}}
-        for c in STUDY.cells.values()
-    ]
-    config = {k: v for k, v in CFG.items() if k != "presets"}
-    return {"config": config, "cells": cells, "rows": [asdict(r) for r in STUDY.rows]}
+    """STUDY as plain data for the tables job (`Study.to_data`; workflow/scripts/tables.py rebuilds
+    it). Snakemake compares the repr of params, so this is also the rule's rerun trigger.
+    """
+    return STUDY.to_data()
 
 
 def results_dir_from_output(wildcards, output):

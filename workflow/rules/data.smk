@@ -38,7 +38,7 @@ rule mlflow_store:
         "../../envs/mhsa.yaml"
     params:
         uri=MLFLOW_URI,
-        experiments=experiment_names(),
+        experiments=STUDY.experiments(),
         preset=PRESET,
         results=results_dir_from_output,
     script:

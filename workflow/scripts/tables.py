@@ -21,16 +21,9 @@ from pathlib import Path  # noqa: E402
 from mhsa.run.job_log import log_to  # noqa: E402
 from mhsa.run.results import check_cell_outputs, read_metrics  # noqa: E402
 from mhsa.run.tracking import feed_tags, log_run_artifacts, log_study_outputs, study_tags  # noqa: E402
-from mhsa.study.build import Cell, RowRef, Study, cell_overrides  # noqa: E402
+from mhsa.study.build import Study  # noqa: E402
 from mhsa.study.plots import build_all_figures, overlay_from_npz  # noqa: E402
 from mhsa.study.tables import build_all  # noqa: E402
-
-
-def study_from_params(data: dict) -> Study:
-    """The Study of common.smk from its plain-data form (`study_data()` there)."""
-    cells = {c["id"]: Cell(**{**c, "targets": {t: set(m) for t, m in c["targets"].items()}})
-             for c in data["cells"]}
-    return Study(data["config"], cells, [RowRef(**r) for r in data["rows"]])
 
 
 def mlflow_updates(study: Study, metrics_files: list, overlays: list):
@@ -58,7 +51,7 @@ with log_to(snakemake.log[0]) as log:
     # Every cell's outputs read, or one line naming each corrupt file (delete it: Snakemake retrains
     # the cell), before anything is drawn (docs/reliability.md, "Corrupt results").
     check_cell_outputs(snakemake.input.metrics, snakemake.input.attention)
-    study = study_from_params(snakemake.params.study)
+    study = Study.from_data(snakemake.params.study)
     runs_dir, tables_dir = Path(snakemake.params.runs_dir), Path(snakemake.params.tables_dir)
     figures_dir = Path(snakemake.output.figures)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +73,7 @@ with log_to(snakemake.log[0]) as log:
     if missing:
         raise RuntimeError(f"mhsa.study.tables/mhsa.study.plots did not write {missing}")
     log.info("tables in %s, figures in %s", tables_dir, figures_dir)
-    experiments = sorted({cell_overrides(study, c)["tracking"]["experiment"] for c in study.cells.values()})
-    parents = log_study_outputs(os.environ.get("MLFLOW_TRACKING_URI"), experiments,
+    parents = log_study_outputs(os.environ.get("MLFLOW_TRACKING_URI"), study.experiments(),
                                 study_tags(study.config["preset"], tables_dir.parent),
                                 {"tables": tables_dir, "figures": figures_dir})
     log.info("tables and figures logged to the study's MLflow parent run(s) %s", parents)
