@@ -22,16 +22,21 @@ from mhsa.data.synthetic import PRESET_PARAMS
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import default_modes
 from mhsa.io import load_file
+from mhsa.study.figure_specs import check_plot_specs
+from mhsa.study.keys import (
+    DATASET_KEYS,
+    FIGURE_KEYS,
+    KNOBS,
+    PRESET_KEYS,
+    ROW_KEYS,
+    SWEEP_KEYS,
+    TABLE_KEYS,
+    TOP_KEYS,
+    WORKFLOW_KEYS,
+)
 from mhsa.switches import DEFAULT_GAMMA
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
-# The keys each part of config.yaml may hold (workflow/schemas/config.schema.yaml lists the same
-# keys; tests/workflow/test_schema_drift.py keeps the two equal). A misspelled key is an error, never ignored:
-# a row with `fusoin: concat` would otherwise silently become another row's cell.
-KNOBS = ("mhsam", "K", "lambda1", "lambda2", "lambda3", "gamma", "fusion", "residual", "global_ce", "authors")
-# `paper_row`: the paper's row whose numbers stand beside this row, looked up in the table's
-# `paper_tables` (data set -> paper table id); for rows the paper has no table of its own (XII, XIII).
-ROW_KEYS = ("row", "variant", "mode", "paper_row", *KNOBS)
 
 # The public code's differences (docs/paper-to-code.md "Reading 2") as the `authors`
 # run-config keys each one sets; cell ids name them by tag. Order fixes the id; j2 before j (superset).
@@ -60,14 +65,6 @@ AUTHORS_TAGS = (
 # every Baseline under one reading is one cell.
 BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smoothing",
                          "data.random_erasing", "optim.warmup")
-PRESET_KEYS = ("data_source", "synthetic", "results_dir", "tables", "figures", "seeds", "recipe")
-WORKFLOW_KEYS = ("train_threads", "gpu_slots", "gpu_wait_s", "warm_worker")
-TOP_KEYS = ("preset", "results_dir", "seeds", "datasets", "recipe", "presets", "variants", "variant_defaults",
-            "tables", "figures", "workflow")
-DATASET_KEYS = ("root", "train_on")  # a misspelled `train_on` would train on a test-only set
-TABLE_KEYS = ("title", "datasets", "metrics", "rows", "paper_tables", "plot")
-FIGURE_KEYS = ("title", "datasets", "metrics", "sweep", "series", "plot")
-SWEEP_KEYS = ("K",)
 
 
 class StudyError(ConfigError):
@@ -492,6 +489,7 @@ def build_study(config: dict, preset: str | None = None, results_dir: str | None
                                series, k, spec.get("paper_row")))
     study = Study(cfg, cells, rows)
     _check_cells(study)
+    check_plot_specs(study)  # a typo in a figure spec fails now, not after the last training job
     return study
 
 

@@ -26,7 +26,6 @@ import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib
 
@@ -37,11 +36,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from mhsa.config import ConfigError  # noqa: E402
-from mhsa.errors import cli_errors  # noqa: E402
+from mhsa.errors import (
+    cli_errors,  # noqa: E402
+)
 from mhsa.io import atomic_write_bytes  # noqa: E402
 from mhsa.run.results import read_attention  # noqa: E402
-from mhsa.study.build import KNOBS, Study, build_study, load_study_config, table_number  # noqa: E402
+from mhsa.study.build import Study, build_study, load_study_config, table_number  # noqa: E402
+from mhsa.study.figure_specs import SweepPanel, check_plot_specs, plot_spec, sweep_panels  # noqa: E402
 from mhsa.study.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
@@ -95,20 +96,6 @@ def _long_frame(study: Study, rows: list, metrics: dict, extra) -> pd.DataFrame:
             for v in seed_values(metrics, rr.cells, rr.dataset, rr.mode, m):
                 out.append({**info, "dataset": rr.dataset, "metric": m, "value": v})
     return pd.DataFrame(out, columns=[*extra(rows[0]).keys(), "dataset", "metric", "value"] if rows else None)
-
-
-def plot_spec(study: Study, section: str, entry_id: str, kinds) -> dict | None:
-    """`<section>.<id>.plot` of the resolved config (None when absent), its `kind` checked."""
-    spec = study.config.get(section, {}).get(entry_id)
-    if spec is None:
-        known = list(study.config.get(section, {}))
-        raise KeyError(f"{section[:-1]} {entry_id!r} is not in this study ({section}: {known})")
-    plot = spec.get("plot")
-    if plot is not None and plot.get("kind") not in kinds:
-        raise ConfigError(
-            f"config.yaml: {section}.{entry_id}.plot.kind is {plot.get('kind')!r}; use one of {sorted(kinds)}"
-        )
-    return plot
 
 
 def _ax_labels(ax, title: str, xlabel: str, metric: str) -> None:
@@ -174,7 +161,7 @@ def plot_k_sweep(
 ) -> Path:
     """A K-sweep figure: a panel per metric (rows) x data set (columns); ours per series vs K."""
     fig_id = str(fig_id)
-    plot_spec(study, "figures", fig_id, FIGURE_PLOTS)
+    plot_spec(study, "figures", fig_id)
     spec = study.config["figures"][fig_id]
     paper = load_paper() if paper is None else paper
     rows = [r for r in study.rows if r.source == "figure" and r.table == fig_id]
@@ -207,58 +194,9 @@ def plot_k_sweep(
 # ----------------------------------------------------------------------------- parameter sweeps (tables)
 
 
-class SweepPanel(NamedTuple):
-    label: str  # x axis label
-    x: str  # the knob on the x axis
-    group: str | None  # knob whose values are separate series (None: one series)
-    scale: str  # matplotlib x scale: log | linear
-    rows: list  # row refs of the sweep
-    reference: list  # row refs drawn as horizontal lines
-
-
-def _knobs_match(knobs: dict, cond: dict) -> bool:
-    for key, want in cond.items():
-        have = knobs[key]
-        if isinstance(want, bool) or not isinstance(want, int | float):
-            if have != want:
-                return False
-        elif not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
-            return False
-    return True
-
-
-def _check_knobs(where: str, keys) -> None:
-    unknown = [k for k in keys if k not in KNOBS]
-    if unknown:
-        raise ConfigError(f"config.yaml: {where}: unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
-
-
-def sweep_panels(study: Study, table_id: str) -> list[SweepPanel]:
-    """The panels of `tables.<id>.plot`: each panel's sweep rows (`where` holds, `reference` does not)
-    and reference rows (`reference` holds; default: the x knob is 0)."""
-    plot = plot_spec(study, "tables", table_id, TABLE_PLOTS)
-    if not plot or not plot.get("panels"):
-        raise ConfigError(f"config.yaml: tables.{table_id}.plot needs a non-empty `panels` list")
-    rows = [r for r in study.rows if r.source == "table" and r.table == table_id]
-    knobs = {id(r): study.cells[r.cells[0]].knobs for r in rows}
-    out = []
-    for i, p in enumerate(plot["panels"]):
-        where = f"tables.{table_id}.plot.panels[{i}]"
-        if "x" not in p:
-            raise ConfigError(f"config.yaml: {where} has no `x` (the knob on the x axis)")
-        reference, cond = p.get("reference", {p["x"]: 0}), p.get("where", {})
-        _check_knobs(where, [p["x"], *reference, *cond, *([p["group"]] if p.get("group") else [])])
-        ref = [r for r in rows if _knobs_match(knobs[id(r)], reference)]
-        ref_ids = {id(r) for r in ref}
-        swept = [r for r in rows if id(r) not in ref_ids and _knobs_match(knobs[id(r)], cond)]
-        out.append(SweepPanel(p.get("label", p["x"]), p["x"], p.get("group"), p.get("scale", "linear"),
-                              swept, ref))
-    return out
-
-
 def sweep_file_name(study: Study, table_id: str) -> str:
     """'table_<n>_<x knobs of the panels>.png'."""
-    xs = dict.fromkeys(p["x"] for p in plot_spec(study, "tables", table_id, TABLE_PLOTS)["panels"])
+    xs = dict.fromkeys(p["x"] for p in plot_spec(study, "tables", table_id)["panels"])
     return f"table_{table_number(table_id)}_{'_'.join(xs)}.png"
 
 
@@ -472,7 +410,7 @@ def plot_attention_grid(
     """An attention-grid figure on one data set: the same query images, a column per series' cell
     (max over heads); series without attention.npz are skipped, none at all raises FileNotFoundError."""
     fig_id, runs_dir = str(fig_id), Path(runs_dir)
-    plot = plot_spec(study, "figures", fig_id, FIGURE_PLOTS) or {}
+    plot = plot_spec(study, "figures", fig_id) or {}
     loaded = []
     for label, cells in attention_series(study, fig_id, dataset):
         found = _load_attention(runs_dir, cells)
@@ -530,6 +468,7 @@ def _draw_param_sweep(study, table_id, metrics, paper, runs_dir, out_dir) -> lis
 
 
 # `figures.<id>.plot.kind` / `tables.<id>.plot.kind` -> drawer(study, id, metrics, paper, runs_dir, out_dir)
+# how each kind of the schema (mhsa.study.keys) is drawn (tests/study/test_plots.py: the same kinds)
 FIGURE_PLOTS = {"k_sweep": _draw_k_sweep, "attention_grid": _draw_attention_grids}
 TABLE_PLOTS = {"param_sweep": _draw_param_sweep}
 
@@ -540,17 +479,14 @@ def build_all_figures(
     """Every figure of `study.figure_ids()` and every table of the study that has a `plot:` entry."""
     paper = load_paper(paper_csv)
     metrics = load_metrics(runs_dir, study.cells)
+    check_plot_specs(study)  # build_study checked them; a study built by hand is checked here
     paths: list = []
-    for section, ids, kinds in (("figures", study.figure_ids(), FIGURE_PLOTS),
-                                ("tables", study.table_ids(), TABLE_PLOTS)):
+    for section, ids, draw in (("figures", study.figure_ids(), FIGURE_PLOTS),
+                               ("tables", study.table_ids(), TABLE_PLOTS)):
         for entry_id in ids:
-            plot = plot_spec(study, section, entry_id, kinds)
-            if plot is None:
-                if section == "figures":
-                    raise ConfigError(f"config.yaml: figures.{entry_id} has no `plot: {{kind: ...}}`; "
-                                      f"kinds are {sorted(kinds)}")
-                continue
-            paths += kinds[plot["kind"]](study, entry_id, metrics, paper, runs_dir, out_dir)
+            plot = plot_spec(study, section, entry_id)
+            if plot is not None:
+                paths += draw[plot["kind"]](study, entry_id, metrics, paper, runs_dir, out_dir)
     return paths
 
 

@@ -1,0 +1,97 @@
+"""What config.yaml asks to draw, checked when the study is built (a typo in a figure spec fails in
+the first second, not after the last training job): each figure's and table's `plot:` entry, its kind
+(the schema's, mhsa.study.keys) and, for parameter sweeps, the panels and the rows each one draws.
+
+Matplotlib-free: mhsa.study.build calls `check_plot_specs`; mhsa.study.plots draws from the same specs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+from mhsa.errors import ConfigError
+from mhsa.study.keys import FIGURE_PLOT_KINDS, KNOBS, TABLE_PLOT_KINDS
+
+if TYPE_CHECKING:
+    from mhsa.study.build import Study
+
+KINDS = {"figures": FIGURE_PLOT_KINDS, "tables": TABLE_PLOT_KINDS}
+
+
+def plot_spec(study: Study, section: str, entry_id: str) -> dict | None:
+    """`<section>.<id>.plot` of the resolved config (None when absent), its `kind` checked."""
+    kinds = KINDS[section]
+    spec = study.config.get(section, {}).get(entry_id)
+    if spec is None:
+        known = list(study.config.get(section, {}))
+        raise KeyError(f"{section[:-1]} {entry_id!r} is not in this study ({section}: {known})")
+    plot = spec.get("plot")
+    if plot is not None and plot.get("kind") not in kinds:
+        raise ConfigError(
+            f"config.yaml: {section}.{entry_id}.plot.kind is {plot.get('kind')!r}; use one of {sorted(kinds)}"
+        )
+    return plot
+
+
+class SweepPanel(NamedTuple):
+    label: str  # x axis label
+    x: str  # the knob on the x axis
+    group: str | None  # knob whose values are separate series (None: one series)
+    scale: str  # matplotlib x scale: log | linear
+    rows: list  # row refs of the sweep
+    reference: list  # row refs drawn as horizontal lines
+
+
+def _knobs_match(knobs: dict, cond: dict) -> bool:
+    for key, want in cond.items():
+        have = knobs[key]
+        if isinstance(want, bool) or not isinstance(want, int | float):
+            if have != want:
+                return False
+        elif not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
+            return False
+    return True
+
+
+def _check_knobs(where: str, keys) -> None:
+    unknown = [k for k in keys if k not in KNOBS]
+    if unknown:
+        raise ConfigError(f"config.yaml: {where}: unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
+
+
+def sweep_panels(study: Study, table_id: str) -> list[SweepPanel]:
+    """The panels of `tables.<id>.plot`: each panel's sweep rows (`where` holds, `reference` does not)
+    and reference rows (`reference` holds; default: the x knob is 0)."""
+    plot = plot_spec(study, "tables", table_id)
+    if not plot or not plot.get("panels"):
+        raise ConfigError(f"config.yaml: tables.{table_id}.plot needs a non-empty `panels` list")
+    rows = [r for r in study.rows if r.source == "table" and r.table == table_id]
+    knobs = {id(r): study.cells[r.cells[0]].knobs for r in rows}
+    out = []
+    for i, p in enumerate(plot["panels"]):
+        where = f"tables.{table_id}.plot.panels[{i}]"
+        if "x" not in p:
+            raise ConfigError(f"config.yaml: {where} has no `x` (the knob on the x axis)")
+        reference, cond = p.get("reference", {p["x"]: 0}), p.get("where", {})
+        _check_knobs(where, [p["x"], *reference, *cond, *([p["group"]] if p.get("group") else [])])
+        ref = [r for r in rows if _knobs_match(knobs[id(r)], reference)]
+        ref_ids = {id(r) for r in ref}
+        swept = [r for r in rows if id(r) not in ref_ids and _knobs_match(knobs[id(r)], cond)]
+        out.append(SweepPanel(p.get("label", p["x"]), p["x"], p.get("group"), p.get("scale", "linear"),
+                              swept, ref))
+    return out
+
+
+
+def check_plot_specs(study: Study) -> None:
+    """Every figure has a `plot:` of a known kind, every table's `plot:` is of a known kind, and every
+    parameter sweep's panels name knobs and an x axis; a ConfigError naming the entry otherwise."""
+    for fid in study.figure_ids():
+        if plot_spec(study, "figures", fid) is None:
+            raise ConfigError(f"config.yaml: figures.{fid} has no `plot: {{kind: ...}}`; kinds are "
+                              f"{sorted(FIGURE_PLOT_KINDS)}")
+    for tid in study.table_ids():
+        plot = plot_spec(study, "tables", tid)
+        if plot is not None and plot["kind"] == "param_sweep":
+            sweep_panels(study, tid)
