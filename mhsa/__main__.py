@@ -3,6 +3,7 @@
     python -m mhsa train CONFIG --out DIR [--set key=value ...]   train and evaluate one cell
     python -m mhsa sync-mlflow RESULTS_DIR                        replay finished cells into MLflow
     python -m mhsa tables [--config ...] [--runs ...] [--out ...]  the paper's tables from finished cells
+    python -m mhsa plots [--config ...] [--runs ...] [--out ...]   the study's figures from finished cells
     python -m mhsa diagnostic-plots RUN_DIR ...                   the diagnostics of a family of cells
 
 A mistake in the config, the data or the environment prints one line naming the key or the file
@@ -98,12 +99,14 @@ def _parser() -> argparse.ArgumentParser:
                             "idempotent")
     s.add_argument("results_dir", help="results directory (holds runs/<cell>/metrics.json)")
     sub.add_parser("tables", help="the paper's tables beside ours from finished cells (see: tables --help)")
+    sub.add_parser("plots", help="the study's figures from finished cells (see: plots --help)")
     sub.add_parser("diagnostic-plots", help="figures of the diagnostics of cells (see: diagnostic-plots --help)")
     return parser
 
 
 # Commands with a parser of their own in the study layer: the rest of the line is theirs.
-_STUDY_COMMANDS = {"tables": "mhsa.study.tables", "diagnostic-plots": "mhsa.study.diagnostic_plots"}
+_STUDY_COMMANDS = {"tables": "mhsa.study.tables", "plots": "mhsa.study.plots",
+                   "diagnostic-plots": "mhsa.study.diagnostic_plots"}
 
 
 def main(argv: list[str] | None = None) -> int:

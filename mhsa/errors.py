@@ -94,7 +94,7 @@ def describe(err: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def cli_errors():
-    """The small command lines (`python -m mhsa tables`, `diagnostic-plots`, `python -m mhsa.study.plots`): a user
+    """The small command lines (`python -m mhsa tables`, `plots`, `diagnostic-plots`): a user
     mistake prints `error: <one line>` and exits 2 (a config error) or 1, as `python -m mhsa` does;
     anything else is a bug and keeps its traceback."""
     try:

@@ -2,7 +2,7 @@
 configuration) and the "Rank-1 vs occlusion" sanity curve. Drawn from ``mhsa.evaluation.diagnostics`` dicts
 (metrics.json's ``diagnostics`` entry), never imported by training.
 
-    python -m mhsa.study.diagnostic_plots RUN_DIR [RUN_DIR ...] --out family.png   # seeds of one family
+    python -m mhsa diagnostic-plots RUN_DIR [RUN_DIR ...] --out family.png   # seeds of one family
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def diagnostics_of_run(run_dir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mhsa.study.diagnostic_plots", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mhsa diagnostic-plots", description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run folders of one family (its seeds)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--title", default="")

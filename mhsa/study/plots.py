@@ -13,7 +13,7 @@ Each entry of `figures:` names its `plot.kind`; a table with a `plot:` entry is 
 
 `save_attention_overlay` draws one cell's heads (`results/runs/<cell>/attention.png`).
 
-    python -m mhsa.study.plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
+    python -m mhsa plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
 """
 
 from __future__ import annotations
@@ -491,7 +491,7 @@ def build_all_figures(
 
 
 def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mhsa.study.plots", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m mhsa plots", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--runs", default="results/runs")

@@ -6,7 +6,7 @@ Every table is first built as a *tidy* frame (one line per method row x data set
 seed-noise flag `within_noise`), then rendered like the paper's table (one line per method, a
 column group per data set) as CSV (tidy), Markdown, HTML and LaTeX. See docs/tables.md.
 
-    python -m mhsa.study.tables --config config.yaml [--preset demo] --runs results/runs --out results/tables
+    python -m mhsa tables --config config.yaml [--preset demo] --runs results/runs --out results/tables
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _unevaluated(study: Study, metrics: dict) -> list[str]:
 
 def check_current(study: Study, metrics: dict, runs_dir: str | Path) -> None:
     """Each finished cell holds what the study asks of it now: its weight-defining config and every test
-    mode its rows show. Snakemake reruns a changed cell first; `python -m mhsa.study.tables` after an edit of
+    mode its rows show. Snakemake reruns a changed cell first; `python -m mhsa tables` after an edit of
     config.yaml, or outputs accepted with `snakemake --touch`, would otherwise show other numbers under
     the row's name, or n/a (docs/reliability.md, "Corrupt results")."""
     problems = _stale(study, metrics) + _unevaluated(study, metrics)
@@ -567,7 +567,7 @@ def build_all(
 
 
 def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mhsa.study.tables", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m mhsa tables", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--preset", default=None, help="demo | ci | paper (default: config's `preset`)")
     ap.add_argument("--runs", default="results/runs")

@@ -232,7 +232,7 @@ def test_the_error_stays_until_the_file_is_dealt_with(runs, study):
 
 
 def test_results_of_another_config_or_without_a_rows_mode_are_refused(runs, study, tmp_path):
-    """`python -m mhsa.study.tables` after an edit of config.yaml (or outputs accepted with --touch): the old
+    """`python -m mhsa tables` after an edit of config.yaml (or outputs accepted with --touch): the old
     numbers would stand under the edited rows, or show n/a."""
     from mhsa.config import build_run_config
     from mhsa.study.build import cell_overrides
