@@ -2,24 +2,22 @@
 the first second, not after the last training job): each figure's and table's `plot:` entry, its kind
 (the schema's, mhsa.study.keys) and, for parameter sweeps, the panels and the rows each one draws.
 
-Matplotlib-free: mhsa.study.build calls `check_plot_specs`; mhsa.study.plots draws from the same specs.
+Matplotlib-free, and below mhsa.study.build (which calls `check_plot_specs` on the Study it built:
+`study` here is that Study); mhsa.study.plots draws from the same specs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from mhsa.errors import ConfigError
 from mhsa.study.keys import FIGURE_PLOT_KINDS, KNOBS, TABLE_PLOT_KINDS
 
-if TYPE_CHECKING:
-    from mhsa.study.build import Study
-
 KINDS = {"figures": FIGURE_PLOT_KINDS, "tables": TABLE_PLOT_KINDS}
 
 
-def plot_spec(study: Study, section: str, entry_id: str) -> dict | None:
+def plot_spec(study, section: str, entry_id: str) -> dict | None:
     """`<section>.<id>.plot` of the resolved config (None when absent), its `kind` checked."""
     kinds = KINDS[section]
     spec = study.config.get(section, {}).get(entry_id)
@@ -60,7 +58,7 @@ def _check_knobs(where: str, keys) -> None:
         raise ConfigError(f"config.yaml: {where}: unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
 
 
-def sweep_panels(study: Study, table_id: str) -> list[SweepPanel]:
+def sweep_panels(study, table_id: str) -> list[SweepPanel]:
     """The panels of `tables.<id>.plot`: each panel's sweep rows (`where` holds, `reference` does not)
     and reference rows (`reference` holds; default: the x knob is 0)."""
     plot = plot_spec(study, "tables", table_id)
@@ -84,7 +82,7 @@ def sweep_panels(study: Study, table_id: str) -> list[SweepPanel]:
 
 
 
-def check_plot_specs(study: Study) -> None:
+def check_plot_specs(study) -> None:
     """Every figure has a `plot:` of a known kind, every table's `plot:` is of a known kind, and every
     parameter sweep's panels name knobs and an x axis; a ConfigError naming the entry otherwise."""
     for fid in study.figure_ids():
