@@ -50,6 +50,29 @@ def evaluate_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, cuto
     }
 
 
+def per_query_loop(distmat, q_pids, g_pids, q_camids, g_camids, cutoff=50):
+    """Per valid query, by a plain loop: (index, pid, 0-based junk-free rank of the first true match,
+    AP, INP, AP@50), as lists."""
+    distmat = np.asarray(distmat)
+    out = {"index": [], "pids": [], "first_hit": [], "AP": [], "INP": [], "AP@50": []}
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind="stable")
+        pid_sorted, cam_sorted = np.asarray(g_pids)[order], np.asarray(g_camids)[order]
+        keep = ~((pid_sorted == q_pids[i]) & (cam_sorted == q_camids[i]))
+        raw = (pid_sorted[keep] == q_pids[i]).astype(np.int64)
+        if not raw.any():
+            continue
+        hits = np.nonzero(raw)[0]
+        prec = raw.cumsum() / np.arange(1.0, len(raw) + 1)
+        out["index"].append(i)
+        out["pids"].append(int(q_pids[i]))
+        out["first_hit"].append(int(hits[0]))
+        out["AP"].append((prec * raw).sum() / raw.sum())
+        out["INP"].append(raw.sum() / (hits[-1] + 1.0))
+        out["AP@50"].append((prec * raw)[:cutoff].sum() / raw.sum())
+    return out
+
+
 def re_ranking_loop(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     q_g_dist, q_q_dist, g_g_dist = (np.asarray(x) for x in (q_g_dist, q_q_dist, g_g_dist))
     num_q = q_g_dist.shape[0]

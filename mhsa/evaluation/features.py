@@ -15,7 +15,7 @@ from .modes import RERANK_SUFFIX, parse_mode
 from .protocol import evaluate
 from .rerank import RERANK_DEFAULTS, re_ranking
 
-__all__ = ["squared_euclidean", "extract_features", "evaluate_modes"]
+__all__ = ["squared_euclidean", "extract_features", "evaluate_modes", "evaluate_modes_per_query"]
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -156,10 +156,30 @@ def evaluate_modes(
     does (trainers/evaluator.py:102-114); re-ranking squares its input either way.
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
+    return evaluate_modes_per_query(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, modes,
+                                    rerank_params, rerank_input)[0]
+
+
+def evaluate_modes_per_query(
+    q_feats: Mapping,
+    g_feats: Mapping,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    modes: Iterable[str],
+    rerank_params: Mapping | None = None,
+    rerank_input: str = "squared",
+) -> tuple[dict, dict]:
+    """`evaluate_modes` and what each valid query contributes: ``(results, per_query)`` with
+    ``per_query = {"index", "pids", "modes": {mode: {"first_hit", "AP", "INP", "AP@50"}}}`` (arrays over
+    the valid queries, as `evaluate(..., per_query=True)` gives them; the valid queries are the same in
+    every mode). ``mhsa.evaluation.per_query.to_json`` turns it into metrics.json's ``per_query`` entry."""
     params = dict(RERANK_DEFAULTS if rerank_params is None else rerank_params)
     if rerank_input not in RERANK_INPUTS:
         raise ConfigError(f"config key 'eval.rerank_input': {rerank_input!r} must be one of {list(RERANK_INPUTS)}")
     results: dict[str, dict] = {}
+    per_query: dict = {"modes": {}}
     cache: dict[str, torch.Tensor] = {}
     for mode in modes:
         base, _, rerank = parse_mode(mode)
@@ -180,5 +200,10 @@ def evaluate_modes(
             del qq, gg
         else:
             dist = qg.cpu().numpy()
-        results[mode] = _percent(evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50))
-    return results
+        res = evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50, per_query=True)
+        results[mode] = _percent(res)
+        pq = res.pop("per_query")
+        per_query.setdefault("index", pq.pop("index"))
+        per_query.setdefault("pids", pq.pop("pids"))
+        per_query["modes"][mode] = pq
+    return results, per_query

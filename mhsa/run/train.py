@@ -41,9 +41,10 @@ from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError, DeviceError
-from mhsa.evaluation import evaluate_modes, extract_features
+from mhsa.evaluation import evaluate_modes_per_query, extract_features
 from mhsa.evaluation.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.evaluation.modes import base_modes, default_modes
+from mhsa.evaluation.per_query import to_json as per_query_json
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
@@ -189,7 +190,10 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ evaluation
-def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) -> dict:
+def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device,
+                  per_query: dict | None = None) -> dict:
+    """test set -> mode -> metrics (percent); `per_query`, when given, is filled with each test set's
+    per-query results in metrics.json's form (`mhsa.evaluation.per_query`)."""
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
@@ -199,9 +203,11 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
         q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
         g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
-        results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
-                                       g["camids"], modes, rerank_params=rerank,
-                                       rerank_input=cfg.eval.rerank_input)
+        results[name], pq = evaluate_modes_per_query(q["features"], g["features"], q["pids"], g["pids"],
+                                                     q["camids"], g["camids"], modes, rerank_params=rerank,
+                                                     rerank_input=cfg.eval.rerank_input)
+        if per_query is not None:
+            per_query[name] = per_query_json(pq)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results
@@ -485,7 +491,8 @@ def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
 def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> dict:
     """Evaluate on every test set; write attention.npz, metrics.json and config.yaml; mirror to MLflow."""
     cfg, device = cell.cfg, cell.device
-    results = evaluate_cell(cfg, cell.model, cell.targets, device)
+    per_query: dict = {}
+    results = evaluate_cell(cfg, cell.model, cell.targets, device, per_query)
     first = next(iter(cell.targets.values()))[0]
     att = attention_maps(cfg, cell.model, first, device)
     atomic_write(out_dir / "attention.npz", lambda tmp: _save_npz(tmp, att))
@@ -500,6 +507,8 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
         "history": cell.history,
         # what the numbers are averaged over (e.g. queries without a valid match are left out)
         "data": data_counts(cell.train_set, {name: ds for name, (ds, _) in cell.targets.items()}),
+        # what each valid query contributes to `eval`: the tables' intervals and paired comparisons
+        "per_query": per_query,
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)

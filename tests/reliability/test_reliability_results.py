@@ -52,6 +52,11 @@ CORRUPTIONS = {
     "a percent string": lambda p: p.write_text(json.dumps(
         {**_metrics(p.parent.name), "eval": {"occluded_duke": {"global": {"rank1": "55.4%"}}}})),
     "another cell's results": lambda p: p.write_text(json.dumps(_metrics("occluded_duke__baseline__s9"))),
+    # per-query results the intervals could not resample (docs/evaluation.md, "Per-query results")
+    "per-query lists of other lengths": lambda p: p.write_text(json.dumps(
+        {**_metrics(p.parent.name), "per_query": {"occluded_duke": {
+            "index": [0, 1], "pids": [3, 4],
+            "modes": {"global": {"first_hit": [0], "AP": [1.0], "INP": [1.0], "AP@50": [1.0]}}}}})),
 }
 
 

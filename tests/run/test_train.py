@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,11 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert data["train"]["dataset"] == "market1501" and data["train"]["images"] > 0 and data["train"]["identities"] > 0
     test = data["test"]["market1501"]
     assert test["queries"] > 0 and test["gallery"] > 0 and 0 < test["num_valid_queries"] <= test["queries"]
+    # what each valid query contributes: the tables' intervals are resampled from it (docs/evaluation.md)
+    pq = saved["per_query"]["market1501"]
+    assert len(pq["pids"]) == test["num_valid_queries"] and set(pq["modes"]) == set(saved["eval"]["market1501"])
+    hits = np.asarray(pq["modes"]["concat"]["first_hit"])
+    assert 100 * np.mean(hits < 1) == pytest.approx(saved["eval"]["market1501"]["concat"]["rank1"])
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
