@@ -136,6 +136,7 @@ class RowRef:
     series: str | None = None  # figures: the series name; rows are "<series> (K=k)"
     K: int | None = None
     paper_row: str | None = None  # the paper's row beside this one (tables with `paper_tables`)
+    compare_to: str | None = None  # the row this one is compared with, when not the default reference row
 
 
 @dataclass
@@ -455,6 +456,18 @@ def _check_row_name(names: dict, source: str, tid: str, spec: dict, label: str) 
                          f"{source}; rename one of the rows (the tables find numbers by row name)")
 
 
+def _check_compare_to(rows: list) -> None:
+    """A row's `compare_to` names another row of its table (the comparison of docs/tables.md, "Marks")."""
+    names = {(r.source, r.table): [] for r in rows}
+    for r in rows:
+        if r.row not in names[(r.source, r.table)]:
+            names[(r.source, r.table)].append(r.row)
+    for r in rows:
+        if r.compare_to is not None and (r.compare_to == r.row or r.compare_to not in names[(r.source, r.table)]):
+            raise StudyError(f"config.yaml: Table {r.table} / {r.row}: compare_to {r.compare_to!r} is not another "
+                             f"row of this table (rows: {', '.join(names[(r.source, r.table)])})")
+
+
 def build_study(config: dict, preset: str | None = None, results_dir: str | None = None) -> Study:
     """Resolve the preset and expand every table/figure row into deduplicated cells.
 
@@ -486,7 +499,8 @@ def build_study(config: dict, preset: str | None = None, results_dir: str | None
                     cell.feeds.append(label)
                 ids.append(cid)
             rows.append(RowRef(source, tid, spec["row"], test_set, list(table["metrics"]), mode, ids,
-                               series, k, spec.get("paper_row")))
+                               series, k, spec.get("paper_row"), spec.get("compare_to")))
+    _check_compare_to(rows)
     study = Study(cfg, cells, rows)
     _check_cells(study)
     check_plot_specs(study)  # a typo in a figure spec fails now, not after the last training job
