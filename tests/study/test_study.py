@@ -59,6 +59,9 @@ def test_cell_overrides_carry_only_the_cells_knobs(config):
     ({"row": "x", "variant": "baseline", "mode": "local"}, "needs MHSAM"),
     ({"row": "x", "variant": "mhsam", "mode": "head9"}, "K=8"),
     ({"row": "x", "variant": "mhsam", "mode": "fancy"}, "unknown test mode"),
+    # the row it is compared with must be another row of its table (docs/tables.md, "Marks")
+    ({"row": "x", "variant": "mhsam", "compare_to": "Baseline"}, "compare_to 'Baseline' is not another row"),
+    ({"row": "x", "variant": "mhsam", "compare_to": "x"}, "compare_to 'x' is not another row"),
 ])
 def test_bad_rows_are_named(config, row, message):
     cfg = dict(config)
