@@ -146,14 +146,15 @@ def evaluate_modes(
     g_camids,
     modes: Iterable[str],
     rerank_params: Mapping | None = None,
-    rerank_input: str = "squared",
+    rerank_input: str = RERANK_INPUTS[0],
 ) -> dict:
     """Evaluate each test mode (``global``, ``concat``, ``head3``, ``concat_rerank``, ...).
 
     Distances are squared Euclidean (torchreid's ``euclidean`` metric); ``<base>_rerank`` re-ranks
-    the ``<base>`` q-g distances with q-q and g-g squared Euclidean distances (as torchreid's engine).
-    ``rerank_input="euclidean"`` gives re-ranking their square roots instead, as the authors' evaluator
-    does (trainers/evaluator.py:102-114); re-ranking squares its input either way.
+    the ``<base>`` q-g distances with the q-q and g-g ones, fed to re-ranking as plain Euclidean distances
+    (``rerank_input="euclidean"``, the default: Zhong et al.'s code and the authors' evaluator,
+    trainers/evaluator.py:102-114), which it squares into its original distance; ``"squared"`` feeds the
+    squared ones as torchreid's engine does (re-ranking then works on fourth powers).
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
     return evaluate_modes_per_query(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, modes,
@@ -169,7 +170,7 @@ def evaluate_modes_per_query(
     g_camids,
     modes: Iterable[str],
     rerank_params: Mapping | None = None,
-    rerank_input: str = "squared",
+    rerank_input: str = RERANK_INPUTS[0],
 ) -> tuple[dict, dict]:
     """`evaluate_modes` and what each valid query contributes: ``(results, per_query)`` with
     ``per_query = {"index", "pids", "modes": {mode: {"first_hit", "AP", "INP", "AP@50"}}}`` (arrays over

@@ -37,7 +37,7 @@ from mhsa.data.cache import DecodedCache, UnreadableImagesError, open_split
 from mhsa.data.check import check_test_sets, data_counts
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
-from mhsa.data.sampler import PKSampler
+from mhsa.data.sampler import AuthorsSampler, PKSampler, build_sampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError, DeviceError
@@ -120,7 +120,8 @@ def autocast_for(cfg: RunConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
-def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, epoch: int) -> DataLoader:
+def train_loader(cfg: RunConfig, ds, sampler: PKSampler | AuthorsSampler, device: torch.device,
+                 epoch: int) -> DataLoader:
     """A training loader whose worker seeds come from (seed, epoch).
 
     On CUDA with workers it is built once, with persistent workers (start-up paid once): the sampler
@@ -129,7 +130,8 @@ def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, e
     """
     d = cfg.data
     cuda = device.type == "cuda"
-    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad)
+    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad,
+                          erasing=d.erasing, cutout_side=d.cutout_side)
     return DataLoader(ImageDataset(ds.train, tf), batch_size=d.p * d.k, sampler=sampler, drop_last=True,
                       num_workers=d.workers, pin_memory=cuda, persistent_workers=cuda and d.workers > 0,
                       generator=torch.Generator().manual_seed(seed_everything(cfg.seed, epoch)))
@@ -252,7 +254,7 @@ class Cell:
     device: torch.device
     train_set: ReidDataset
     targets: dict  # test set -> (ReidDataset, modes)
-    sampler: PKSampler
+    sampler: PKSampler | AuthorsSampler  # data.sampler
     model: torch.nn.Module
     criterion: Criterion
     optimizer: torch.optim.Optimizer
@@ -327,7 +329,8 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
                           "them in eval.targets)")
     targets = eval_targets(cfg)
     check_test_sets({name: ds for name, (ds, _) in targets.items()}, decoded=cache_test_sets(cfg, targets))
-    sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
+    sampler = build_sampler(cfg.data.sampler, [pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k,
+                            seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
     model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
@@ -413,7 +416,8 @@ def cached_train_batches(cell: Cell, epoch: int) -> CachedBatches:
     device from a generator seeded by (seed, epoch): a resumed run replays the same draws."""
     d = cell.cfg.data
     return CachedBatches(cell.train_cache, cell.train_set.train, cell.sampler, d.p * d.k, cell.device,
-                         BatchAugment(flip=d.flip, pad=d.pad, random_erasing=d.random_erasing),
+                         BatchAugment(flip=d.flip, pad=d.pad, random_erasing=d.random_erasing, erasing=d.erasing,
+                                      cutout_side=d.cutout_side),
                          seed=seed_everything(cell.cfg.seed, epoch))
 
 

@@ -160,14 +160,25 @@ def _stale(study: Study, metrics: dict) -> list[str]:
 
 
 def _unevaluated(study: Study, metrics: dict) -> list[str]:
-    """Finished cells without the results (test set, test mode) one of the study's rows shows."""
+    """Finished cells without the results (test set, test mode) one of the study's rows shows, or whose
+    re-ranked results were fed other distances than the study gives the cell now (`eval.rerank_input`)."""
     out = []
+    recipe = study.config.get("recipe", {})
     for ref in study.rows:
         for cid in ref.cells:
-            if cid in metrics and ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
+            if cid not in metrics:
+                continue
+            line = None
+            if ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
                 line = f"{cid} has no {ref.mode!r} results on {ref.dataset}"
-                if line not in out:
-                    out.append(line)
+            elif ref.mode.endswith("_rerank") and isinstance(metrics[cid].get("config"), dict):
+                # runs from before the setting existed re-ranked squared distances
+                used = (metrics[cid]["config"].get("eval") or {}).get("rerank_input", "squared")
+                wanted = build_run_config(recipe, cell_overrides(study, study.cells[cid])).eval.rerank_input
+                if used != wanted:
+                    line = f"{cid} re-ranked {used} distances, the study now feeds {wanted} ones (eval.rerank_input)"
+            if line and line not in out:
+                out.append(line)
     return out
 
 

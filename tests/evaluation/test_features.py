@@ -106,10 +106,11 @@ def test_evaluate_modes_percent_and_rerank():
     ref = evaluate(dist, q_pids, g_pids, q_cams, g_cams)
     assert out["global"]["mAP"] == pytest.approx(ref["mAP"] * 100)
     assert out["global"]["rank5"] == pytest.approx(ref["cmc"][4] * 100)
+    # re-ranking is fed plain Euclidean distances (Zhong et al., the authors' evaluator), which it squares
     rr = re_ranking(
-        dist,
-        squared_euclidean(qf["global"], qf["global"]).numpy(),
-        squared_euclidean(gf["global"], gf["global"]).numpy(),
+        np.sqrt(dist),
+        np.sqrt(squared_euclidean(qf["global"], qf["global"]).numpy()),
+        np.sqrt(squared_euclidean(gf["global"], gf["global"]).numpy()),
     )
     rr_map = evaluate(rr, q_pids, g_pids, q_cams, g_cams)["mAP"] * 100
     assert out["global_rerank"]["mAP"] == pytest.approx(rr_map)

@@ -314,7 +314,7 @@ def test_paper_text_vs_public_code_table(readings, paper, tmp_path):
         "Baseline (public code)", "MHSA-Net (K=8) (public code)", "MHSA-Net† (K=8) (public code)"]
     cells = {
         ("Baseline (paper text)", "market1501"): "market1501__baseline__s0",
-        ("Baseline (public code)", "occluded_duke"): "occluded_duke__baseline-a.f.k.ls.co.in__s0",
+        ("Baseline (public code)", "occluded_duke"): "occluded_duke__baseline-a.f.k.m.ls.co.sa.in__s0",
         ("MHSA-Net (K=8) (paper text)", "occluded_duke"):
             "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s0",
         ("MHSA-Net† (K=8) (public code)", "market1501"):
@@ -341,7 +341,7 @@ def test_one_difference_at_a_time_table(readings, paper):
     study, ids, root = readings
     df = T.tidy_table(study, "XIII", T.load_metrics(root), paper)
     rows = list(dict.fromkeys(df.row))
-    assert len(rows) == 19 and rows[0] == "paper text" and (df.n_seeds == 1).all()
+    assert len(rows) == 21 and rows[0] == "paper text" and (df.n_seeds == 1).all()
     base = "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001"
     for row, cid in [("paper text", f"{base}__s0"), ("+ (a) alpha softmax over positions", f"{base}-a.a__s0"),
                      ("+ (h) Euclidean distances in the triplets", f"{base}-a.h__s0"),
