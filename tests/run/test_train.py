@@ -288,3 +288,25 @@ def test_training_functions_stay_short():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name} is over 60 lines"
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_authors_sampler_and_cutout_reach_the_training_batches(data_root, tmp_path, cache):
+    """data.sampler: authors and data.erasing: cutout (docs/paper-to-code.md items (sa), (co)) on both data
+    paths: an epoch is num_ids // P batches of P identities, and erased images hold a zero square."""
+    from mhsa.data.sampler import AuthorsSampler
+
+    cfg = tiny_cfg(data_root, tmp_path, data={"sampler": "authors", "erasing": "cutout", "random_erasing": 1.0,
+                                              "flip": False, "cache": cache, "cache_dir": str(tmp_path / "c")})
+    cell = train_mod.set_up(cfg, torch.device("cpu"), tmp_path / "ckpt")
+    assert isinstance(cell.sampler, AuthorsSampler) and (cell.train_cache is not None) == cache
+    num_ids = len({pid for _, pid, _ in cell.train_set.train})
+    loader = (train_mod.cached_train_batches(cell, 1) if cache
+              else train_mod.train_loader(cfg, cell.train_set, cell.sampler, cell.device, 1))
+    batches = list(loader)
+    assert len(batches) == len(loader) == num_ids // cfg.data.p
+    side = round(0.5 * cfg.data.width)
+    for imgs, pids, _, _ in batches:
+        assert len(set(pids.tolist())) == cfg.data.p
+        zero = (imgs == 0).all(1)  # B x H x W: the Cutout square (normalised space)
+        assert (zero.flatten(1).sum(1) >= side * side).all()
