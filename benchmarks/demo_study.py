@@ -146,13 +146,15 @@ def _cell(values: list[float]) -> str:
 
 
 def _gap(a: list[float], b: list[float]) -> str:
-    """MHSA-Net minus Baseline, and that difference in standard errors (mhsa.study.tables' noise test: the
-    tables mark |z| <= 2 as within seed noise)."""
-    if len(a) < 2 or len(b) < 2:
+    """MHSA-Net minus Baseline with Welch's t-test over the seeds (the tables' test with several seeds,
+    mhsa.study.welch; docs/tables.md, "Marks"): t, its degrees of freedom and the two-sided p-value,
+    "n.s." where p >= 0.05 (within seed noise)."""
+    from mhsa.study.welch import welch
+
+    w = welch(a, b)
+    if w is None:
         return "n/a"
-    d = statistics.fmean(a) - statistics.fmean(b)
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return f"{d:+.1f} ({d / se:+.1f} SE)" if se > 0 else f"{d:+.1f}"
+    return f"{w.diff:+.1f} (t {w.t:+.1f}, df {w.df:.1f}, p {w.p:.3f}{'' if w.significant else ', n.s.'})"
 
 
 def table(runs: Path) -> str:

@@ -29,17 +29,21 @@ from mhsa.switches import (
     COMPETITION_FORMS,
     COMPETITION_REDUCTIONS,
     CPU_KERNEL_LEVELS,
+    CUTOUT_SIDE,
     DEFAULT_GAMMA,
     DISTANCES,
+    ERASINGS,
     FDRT_FORMS,
     FDRT_NORMS,
     FUSIONS,
     INITS,
     LAST_STRIDES,
     LOSS_WEIGHTS,
+    MILESTONE_EPOCHS,
     PARAM_SETS,
     RERANK_INPUTS,
     SAFFM_FORMS,
+    SAMPLERS,
     SWITCHES,
     WARMUPS,
     Range,
@@ -103,7 +107,7 @@ class DataConfig:
     p: int = 32  # identities per batch
     k: int = 4  # images per identity
     flip: bool = True
-    random_erasing: float = 0.0  # authors' code used Cutout: an extra, off by default
+    random_erasing: float = 0.0  # probability of erasing (the authors' code: Cutout at 0.5); off by default
     pad: int = 0
     workers: int = 4
     test_batch: int = 128
@@ -112,6 +116,10 @@ class DataConfig:
     cache: Any = "auto"
     cache_max_gb: float = 4.0
     cache_dir: str = "results/cache"
+    # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
+    sampler: str = SAMPLERS[0]  # pk: every image once per epoch | authors: each identity once, K images
+    erasing: str = ERASINGS[0]  # random: RandomErasing | cutout: a fixed zero square (probability random_erasing)
+    cutout_side: float = CUTOUT_SIDE  # the Cutout square's side, a fraction of data.width
 
 
 @dataclass
@@ -130,6 +138,7 @@ class OptimConfig:
     # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
     param_set: str = "all"  # all | authors (leaves out attention MLP, Eq. 2 linear, SAFFM last layer, LayerNorm)
     warmup: str = "linear"  # linear | staircase (authors: lr * (e*10 // warmup_epochs + 1) / 10)
+    milestone_epoch: str = MILESTONE_EPOCHS[0]  # after: decay from epoch m + 1 | at: from epoch m (the code)
 
 
 @dataclass
@@ -141,7 +150,8 @@ class EvalConfig:
     rerank_k2: int = RERANK_DEFAULTS["k2"]
     rerank_lambda: float = RERANK_DEFAULTS["lambda_value"]
     attention_images: int = 6  # query images whose attention maps are saved
-    rerank_input: str = "squared"  # squared (torchreid) | euclidean (authors): distances given to re-ranking
+    # euclidean (Zhong et al., the authors) | squared (torchreid): the distances re-ranking is fed, which it squares
+    rerank_input: str = RERANK_INPUTS[0]
 
 
 @dataclass
@@ -377,6 +387,9 @@ AUTHORS_CHOICES = {
     "loss.competition_reduction": COMPETITION_REDUCTIONS,
     "optim.param_set": PARAM_SETS,
     "optim.warmup": WARMUPS,
+    "optim.milestone_epoch": MILESTONE_EPOCHS,
+    "data.sampler": SAMPLERS,
+    "data.erasing": ERASINGS,
     "eval.rerank_input": RERANK_INPUTS,
 }
 # weight-defining keys of the second reading, with their defaults: left out of `weights_config` while at their
@@ -385,6 +398,7 @@ _AUTHORS_WEIGHT_DEFAULTS = {
     **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},
     "model.z_layernorm": False, "model.extra_bottleneck": False, "model.shared_classifier": False,
     "model.residual_detach_q": False, "loss.competition_threshold": COMPETITION_CODE_THRESHOLD,
+    "data.cutout_side": CUTOUT_SIDE,
 }
 
 

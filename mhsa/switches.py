@@ -24,6 +24,15 @@ INITS = ("paper", "authors")  # initialisation of the heads
 PARAM_SETS = ("all", "authors")  # what the optimiser updates: everything, or the code's get_optim_policy
 WARMUPS = ("linear", "staircase")  # Sec. VII-B, or lr = 1e-4 * (epoch // 5 + 1)
 DISTANCES = ("squared", "euclidean")  # triplet and IHTL on squared or square-rooted distances
+# what an epoch is: every image once in chunks of K (reid-strong-baseline), or each identity once with K images
+# (the authors' RandomIdentitySampler, datasets/samplers.py:21-33)
+SAMPLERS = ("pk", "authors")
+# the erasing augmentation (probability data.random_erasing): torchvision's RandomErasing (random box, noise),
+# or the authors' Cutout (a fixed square of data.cutout_side x the input width, zeros; utils/random_erasing.py:11-36)
+ERASINGS = ("random", "cutout")
+# a milestone m decays the lr from epoch m + 1 (after it), or from epoch m itself (at it: the authors' `ep < 200`)
+MILESTONE_EPOCHS = ("after", "at")
+CUTOUT_SIDE = 0.5  # of the input width: the code's 64 px square at 128 px
 AUTHORS_SWITCHES: dict[str, object] = {
     "attention_softmax": ATTENTION_SOFTMAXES[0],
     "attention_mlp": ATTENTION_MLPS[0],
@@ -57,7 +66,10 @@ COMPETITION_REDUCTIONS = ("mean", "sum")  # L_C averaged (paper) or summed over 
 # (their utils/loss.py:289 has 1e-3)
 COMPETITION_CODE_THRESHOLD = 0.01
 FDRT_FORMS = ("paper", "authors")  # Eq 3, or the code's Gram of un-normalised P scaled by 1/25
-RERANK_INPUTS = ("squared", "euclidean")  # what re-ranking is fed: torchreid's form, or the authors'
+# What re-ranking is fed (docs/paper-to-code.md, "Evaluation"): plain Euclidean distances, which it squares
+# into Zhong et al.'s original distance (their code and the authors' evaluator); or squared ones (torchreid's
+# engine), which it squares again (fourth powers)
+RERANK_INPUTS = ("euclidean", "squared")
 
 
 def feature_map_size(height: int, width: int, last_stride: int = 1) -> tuple[int, int]:
@@ -129,6 +141,7 @@ BOUNDS: dict[str, Range] = {
     "data.p": Range(2),  # the triplet losses need two identities per batch
     "data.k": Range(2),  # ... and two images per identity
     "data.random_erasing": UNIT,  # a probability
+    "data.cutout_side": Range(0, 1, lo_open=True, hi_open=True),  # of the width; a full-width square never fits
     "data.pad": NONNEG,  # pixels of padding before the random crop
     "data.workers": NONNEG,
     "data.test_batch": COUNT,

@@ -50,6 +50,29 @@ def evaluate_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, cuto
     }
 
 
+def per_query_loop(distmat, q_pids, g_pids, q_camids, g_camids, cutoff=50):
+    """Per valid query, by a plain loop: (index, pid, 0-based junk-free rank of the first true match,
+    AP, INP, AP@50), as lists."""
+    distmat = np.asarray(distmat)
+    out = {"index": [], "pids": [], "first_hit": [], "AP": [], "INP": [], "AP@50": []}
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind="stable")
+        pid_sorted, cam_sorted = np.asarray(g_pids)[order], np.asarray(g_camids)[order]
+        keep = ~((pid_sorted == q_pids[i]) & (cam_sorted == q_camids[i]))
+        raw = (pid_sorted[keep] == q_pids[i]).astype(np.int64)
+        if not raw.any():
+            continue
+        hits = np.nonzero(raw)[0]
+        prec = raw.cumsum() / np.arange(1.0, len(raw) + 1)
+        out["index"].append(i)
+        out["pids"].append(int(q_pids[i]))
+        out["first_hit"].append(int(hits[0]))
+        out["AP"].append((prec * raw).sum() / raw.sum())
+        out["INP"].append(raw.sum() / (hits[-1] + 1.0))
+        out["AP@50"].append((prec * raw)[:cutoff].sum() / raw.sum())
+    return out
+
+
 def re_ranking_loop(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     q_g_dist, q_q_dist, g_g_dist = (np.asarray(x) for x in (q_g_dist, q_q_dist, g_g_dist))
     num_q = q_g_dist.shape[0]
@@ -97,3 +120,79 @@ def re_ranking_loop(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3)
         jaccard[i] = 1 - temp_min / (2.0 - temp_min)
     final = jaccard * (1 - lambda_value) + dist * lambda_value
     return final[:num_q, num_q:]
+
+
+# ------------------------------------------------------------------ the authors' public code (317160e)
+# Transcribed for tests only (hongchenphd/MHSA-Net, archives of commit 317160e): what their training
+# pipeline does, to compare the harness's `authors` switches with (docs/paper-to-code.md, "Reading 2").
+
+
+class AuthorsRandomIdentitySampler:
+    """datasets/samplers.py:11-33 (their `data_source` items are (path, pid, camid))."""
+
+    def __init__(self, data_source, num_instances=4):
+        from collections import defaultdict
+
+        self.data_source = data_source
+        self.num_instances = num_instances
+        self.index_dic = defaultdict(list)
+        for index, (_, pid, _) in enumerate(data_source):
+            self.index_dic[pid].append(index)
+        self.pids = list(self.index_dic.keys())
+        self.num_identities = len(self.pids)
+
+    def __iter__(self):
+        import torch
+
+        indices = torch.randperm(self.num_identities)
+        ret = []
+        for i in indices:
+            pid = self.pids[i]
+            t = self.index_dic[pid]
+            replace = False if len(t) >= self.num_instances else True
+            t = np.random.choice(t, size=self.num_instances, replace=replace)
+            ret.extend(t)
+        return iter(ret)
+
+    def __len__(self):
+        return self.num_identities * self.num_instances
+
+
+class AuthorsCutout:
+    """utils/random_erasing.py:11-36, applied after Normalize with mean=[0, 0, 0] (utils/transforms.py:82)."""
+
+    def __init__(self, probability=0.5, size=64, mean=(0.0, 0.0, 0.0)):
+        self.probability = probability
+        self.mean = mean
+        self.size = size
+
+    def __call__(self, img):
+        import random
+
+        if random.uniform(0, 1) > self.probability:
+            return img
+        h = self.size
+        w = self.size
+        for _attempt in range(100):
+            if w < img.size()[2] and h < img.size()[1]:
+                x1 = random.randint(0, img.size()[1] - h)
+                y1 = random.randint(0, img.size()[2] - w)
+                if img.size()[0] == 3:
+                    img[0, x1:x1 + h, y1:y1 + w] = self.mean[0]
+                    img[1, x1:x1 + h, y1:y1 + w] = self.mean[1]
+                    img[2, x1:x1 + h, y1:y1 + w] = self.mean[2]
+                else:
+                    img[0, x1:x1 + h, y1:y1 + w] = self.mean[0]
+                return img
+        return img
+
+
+def authors_adjust_lr(ep):
+    """main_reid.py:152-160, called with the 1-based epoch (`adjust_lr(optimizer, epoch + 1)`, :169)."""
+    if ep < 50:
+        return 1e-4 * (ep // 5 + 1)
+    elif ep < 200:
+        return 1e-3
+    elif ep < 300:
+        return 1e-4
+    return 1e-5

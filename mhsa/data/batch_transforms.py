@@ -3,7 +3,8 @@
 The ops and their order are those of ``transforms.build_transforms`` (flip -> pad + random crop ->
 to float / 255 -> ImageNet normalisation -> random erasing), applied to a uint8 batch at once:
 
-* flip and pad/crop act on uint8, so they are exact; ``/ 255`` then ``sub(mean).div(std)`` are the
+* flip and pad/crop act on uint8, so they are exact; erasing is RandomErasing's (a random box filled
+  with noise) or the authors' Cutout (a fixed square of zeros), as `data.erasing` says; ``/ 255`` then ``sub(mean).div(std)`` are the
   same float ops as ``ToTensor`` + ``Normalize``, so with no random op the batch is bit-identical
   to the loader path's.
 * Random decisions (flip, crop offsets, erasing boxes) are drawn per sample from a CPU
@@ -20,8 +21,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from mhsa.switches import CUTOUT_SIDE
+
 from .cache import DecodedCache
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, cutout_fits, cutout_pixels
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults
 ERASE_RATIO = (0.3, 3.3)
@@ -71,8 +74,22 @@ def draw_erase_boxes(gen: torch.Generator, b: int, h: int, w: int, p: float) -> 
     return torch.stack([top, left, eh * erase, ew * erase], 1)
 
 
-def erase_batch(x: torch.Tensor, boxes: torch.Tensor, noise_gen: torch.Generator | None) -> torch.Tensor:
-    """Fill each sample's box with standard normal noise (``value="random"``, normalised space)."""
+def draw_cutout_boxes(gen: torch.Generator, b: int, h: int, w: int, p: float, side: float = CUTOUT_SIDE) -> torch.Tensor:
+    """B x 4 (top, left, height, width) boxes as the authors' Cutout draws them (`transforms.Cutout`): a
+    square of `cutout_pixels(w, side)` with probability `p`, top in [0, h - s] and left in [0, w - s] (both
+    ends included), none when it does not fit strictly inside; a sample not erased gets height = width = 0."""
+    s = cutout_pixels(w, side)
+    erase = (torch.rand(b, generator=gen) < p) & cutout_fits(h, w, s)
+    top = (torch.rand(b, generator=gen) * max(h - s + 1, 1)).long().clamp(0, max(h - s, 0))
+    left = (torch.rand(b, generator=gen) * max(w - s + 1, 1)).long().clamp(0, max(w - s, 0))
+    size = torch.full((b,), s, dtype=torch.long) * erase
+    return torch.stack([top, left, size, size], 1)
+
+
+def erase_batch(x: torch.Tensor, boxes: torch.Tensor, noise_gen: torch.Generator | None,
+                zero: bool = False) -> torch.Tensor:
+    """Fill each sample's box with standard normal noise (``value="random"``, normalised space), or with
+    zeros (`zero`: the authors' Cutout)."""
     b, _, h, w = x.shape
     boxes = boxes.to(x.device)
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
@@ -80,16 +97,20 @@ def erase_batch(x: torch.Tensor, boxes: torch.Tensor, noise_gen: torch.Generator
     inside_y = (ys >= top) & (ys < top + bh)  # B x H
     inside_x = (xs >= left) & (xs < left + bw)  # B x W
     mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+    if zero:
+        return x.masked_fill(mask, 0.0)
     noise = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
     return torch.where(mask, noise, x)
 
 
 class BatchAugment:
-    """The training transform of ``build_transforms(h, w, train=True, flip, random_erasing, pad)``
-    minus the resize (done by the cache), on a uint8 batch already on the training device."""
+    """The training transform of ``build_transforms(h, w, train=True, flip, random_erasing, pad, erasing,
+    cutout_side)`` minus the resize (done by the cache), on a uint8 batch already on the training device."""
 
-    def __init__(self, flip: bool = True, pad: int = 0, random_erasing: float = 0.0):
+    def __init__(self, flip: bool = True, pad: int = 0, random_erasing: float = 0.0, erasing: str = "random",
+                 cutout_side: float = CUTOUT_SIDE):
         self.flip, self.pad, self.random_erasing = flip, int(pad), float(random_erasing)
+        self.cutout, self.cutout_side = erasing == "cutout", float(cutout_side)
 
     def draw(self, gen: torch.Generator, b: int, h: int, w: int) -> dict:
         """This batch's random decisions (CPU tensors), in a fixed order from ``gen``."""
@@ -98,7 +119,9 @@ class BatchAugment:
             out["flips"] = torch.rand(b, generator=gen) < 0.5
         if self.pad > 0:
             out["offsets"] = torch.randint(0, 2 * self.pad + 1, (b, 2), generator=gen)
-        if self.random_erasing > 0:
+        if self.random_erasing > 0 and self.cutout:
+            out["boxes"] = draw_cutout_boxes(gen, b, h, w, self.random_erasing, self.cutout_side)
+        elif self.random_erasing > 0:
             out["boxes"] = draw_erase_boxes(gen, b, h, w, self.random_erasing)
         return out
 
@@ -109,7 +132,7 @@ class BatchAugment:
             x = pad_crop_batch(x, self.pad, params["offsets"])
         x = normalize(x)
         if "boxes" in params:
-            x = erase_batch(x, params["boxes"], noise_gen)
+            x = erase_batch(x, params["boxes"], noise_gen, zero=self.cutout)
         return x
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator, noise_gen: torch.Generator | None = None):

@@ -15,7 +15,7 @@ from .modes import RERANK_SUFFIX, parse_mode
 from .protocol import evaluate
 from .rerank import RERANK_DEFAULTS, re_ranking
 
-__all__ = ["squared_euclidean", "extract_features", "evaluate_modes"]
+__all__ = ["squared_euclidean", "extract_features", "evaluate_modes", "evaluate_modes_per_query"]
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -146,20 +146,41 @@ def evaluate_modes(
     g_camids,
     modes: Iterable[str],
     rerank_params: Mapping | None = None,
-    rerank_input: str = "squared",
+    rerank_input: str = RERANK_INPUTS[0],
 ) -> dict:
     """Evaluate each test mode (``global``, ``concat``, ``head3``, ``concat_rerank``, ...).
 
     Distances are squared Euclidean (torchreid's ``euclidean`` metric); ``<base>_rerank`` re-ranks
-    the ``<base>`` q-g distances with q-q and g-g squared Euclidean distances (as torchreid's engine).
-    ``rerank_input="euclidean"`` gives re-ranking their square roots instead, as the authors' evaluator
-    does (trainers/evaluator.py:102-114); re-ranking squares its input either way.
+    the ``<base>`` q-g distances with the q-q and g-g ones, fed to re-ranking as plain Euclidean distances
+    (``rerank_input="euclidean"``, the default: Zhong et al.'s code and the authors' evaluator,
+    trainers/evaluator.py:102-114), which it squares into its original distance; ``"squared"`` feeds the
+    squared ones as torchreid's engine does (re-ranking then works on fourth powers).
     Returns ``{mode: {rank1, rank3, rank5, rank10, mAP, mINP, mAP@50}}`` in percent (full floats).
     """
+    return evaluate_modes_per_query(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, modes,
+                                    rerank_params, rerank_input)[0]
+
+
+def evaluate_modes_per_query(
+    q_feats: Mapping,
+    g_feats: Mapping,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    modes: Iterable[str],
+    rerank_params: Mapping | None = None,
+    rerank_input: str = RERANK_INPUTS[0],
+) -> tuple[dict, dict]:
+    """`evaluate_modes` and what each valid query contributes: ``(results, per_query)`` with
+    ``per_query = {"index", "pids", "modes": {mode: {"first_hit", "AP", "INP", "AP@50"}}}`` (arrays over
+    the valid queries, as `evaluate(..., per_query=True)` gives them; the valid queries are the same in
+    every mode). ``mhsa.evaluation.per_query.to_json`` turns it into metrics.json's ``per_query`` entry."""
     params = dict(RERANK_DEFAULTS if rerank_params is None else rerank_params)
     if rerank_input not in RERANK_INPUTS:
         raise ConfigError(f"config key 'eval.rerank_input': {rerank_input!r} must be one of {list(RERANK_INPUTS)}")
     results: dict[str, dict] = {}
+    per_query: dict = {"modes": {}}
     cache: dict[str, torch.Tensor] = {}
     for mode in modes:
         base, _, rerank = parse_mode(mode)
@@ -180,5 +201,10 @@ def evaluate_modes(
             del qq, gg
         else:
             dist = qg.cpu().numpy()
-        results[mode] = _percent(evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50))
-    return results
+        res = evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50, per_query=True)
+        results[mode] = _percent(res)
+        pq = res.pop("per_query")
+        per_query.setdefault("index", pq.pop("index"))
+        per_query.setdefault("pids", pq.pop("pids"))
+        per_query["modes"][mode] = pq
+    return results, per_query

@@ -108,7 +108,7 @@ def _same_pid_positions(rows: np.ndarray, gidx: np.ndarray, real: np.ndarray) ->
     return below + same_bin_before
 
 
-def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
+def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, per_query: bool = False) -> dict:
     """Evaluate a query x gallery distance matrix with the Market-1501 protocol.
 
     Args:
@@ -116,10 +116,15 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) ->
         q_pids, g_pids, q_camids, g_camids: 1-D integer arrays/tensors.
         max_rank: length of the returned CMC curve. If it exceeds the number of gallery images the
             curve is padded with its last value (torchreid truncates instead).
+        per_query: also return what each valid query contributes (the averages are their means), for
+            the test-set bootstrap of the tables (docs/evaluation.md, "Per-query results").
 
     Returns:
         dict with ``cmc`` (float64 array of length ``max_rank``, fractions), ``mAP``, ``mINP``,
-        ``mAP@50`` (fractions) and ``num_valid_queries`` (int).
+        ``mAP@50`` (fractions) and ``num_valid_queries`` (int); with ``per_query``, also
+        ``per_query``: ``{"index", "pids", "first_hit", "AP", "INP", "AP@50"}``, arrays over the valid
+        queries in query order: the query's row, its pid, the 0-based junk-free rank of its first true
+        match (Rank-k hit: ``first_hit < k``), and its AP, INP and AP@50 (fractions).
 
     Raises:
         ValueError: on shape mismatches or when no query has a valid gallery match.
@@ -202,10 +207,15 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) ->
     nv = valid_q.size
     counts = np.bincount(np.minimum(first_hit, max_rank), minlength=max_rank + 1)[:max_rank]
     cmc = np.cumsum(counts) / nv
-    return {
+    ap, inp, ap50 = ap_sum / R, R / (last_hit + 1.0), ap50_sum / R
+    out = {
         "cmc": cmc.astype(np.float64),
-        "mAP": float(np.mean(ap_sum / R)),
-        "mINP": float(np.mean(R / (last_hit + 1.0))),
-        "mAP@50": float(np.mean(ap50_sum / R)),
+        "mAP": float(np.mean(ap)),
+        "mINP": float(np.mean(inp)),
+        "mAP@50": float(np.mean(ap50)),
         "num_valid_queries": int(nv),
     }
+    if per_query:
+        out["per_query"] = {"index": valid_q.astype(np.int64), "pids": q_pids[valid_q].astype(np.int64),
+                            "first_hit": first_hit.astype(np.int64), "AP": ap, "INP": inp, "AP@50": ap50}
+    return out

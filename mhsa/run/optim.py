@@ -25,14 +25,17 @@ def _section(cfg: Any) -> Any:
 
 def lr_at(cfg: Any, epoch: int) -> float:
     """Linear warm-up over the first `warmup_epochs` (epochs count from 1), then step decay at each
-    milestone: epoch e uses lr * decay ** (number of milestones m with e > m)."""
+    milestone: epoch e uses lr * decay ** (number of milestones m with e > m); with
+    `milestone_epoch: at`, of those with e >= m (the authors' `adjust_lr`, main_reid.py:152-160, decays
+    from epoch 200 itself: milestones [200, 300] act as [199, 299] do under the default)."""
     o = _section(cfg)
     if o.warmup_epochs and epoch <= o.warmup_epochs:
         if o.warmup == "staircase":
             return staircase_warmup(o.lr, o.warmup_epochs, epoch)
         frac = (epoch - 1) / max(o.warmup_epochs, 1)
         return o.lr * (o.warmup_factor + (1 - o.warmup_factor) * frac)
-    return o.lr * o.decay ** sum(epoch > m for m in o.milestones)
+    at = o.milestone_epoch == "at"
+    return o.lr * o.decay ** sum(epoch >= m if at else epoch > m for m in o.milestones)
 
 
 def make_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mhsa.errors import ResultsError
+from mhsa.evaluation.per_query import problem as per_query_problem
 
 __all__ = ["REDO", "CorruptResultError", "check_cell_outputs", "corrupt", "raise_all", "read_attention",
            "read_metrics"]
@@ -67,13 +68,27 @@ def _number_problem(ev: dict) -> str | None:
     return None
 
 
+def _per_query_problem(per_query) -> str | None:
+    """The first test set of metrics.json's `per_query` (absent in runs before it existed) that the tables
+    could not resample."""
+    if per_query is None:
+        return None
+    if not isinstance(per_query, dict):
+        return "per_query is not a mapping of test sets"
+    for test_set, data in per_query.items():
+        problem = per_query_problem(data)
+        if problem:
+            return f"per_query.{test_set}: {problem}"
+    return None
+
+
 def check_metrics(data, path: str | Path, cell: str | None = None) -> dict:
     """`data` (a parsed metrics.json) has the shape every reader relies on; raises naming `path`."""
     if not isinstance(data, dict):
         raise corrupt(path, f"a JSON {type(data).__name__}, not an object")
     if not isinstance(data.get("cell"), str) or not isinstance(data.get("eval"), dict):
         raise corrupt(path, "no `cell` name or no `eval` results")
-    problem = _number_problem(data["eval"])
+    problem = _number_problem(data["eval"]) or _per_query_problem(data.get("per_query"))
     if problem:
         raise corrupt(path, problem)
     if cell is not None and data["cell"] != cell:

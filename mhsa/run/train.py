@@ -37,13 +37,14 @@ from mhsa.data.cache import DecodedCache, UnreadableImagesError, open_split
 from mhsa.data.check import check_test_sets, data_counts
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
-from mhsa.data.sampler import PKSampler
+from mhsa.data.sampler import AuthorsSampler, PKSampler, build_sampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError, DeviceError
-from mhsa.evaluation import evaluate_modes, extract_features
+from mhsa.evaluation import evaluate_modes_per_query, extract_features
 from mhsa.evaluation.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.evaluation.modes import base_modes, default_modes
+from mhsa.evaluation.per_query import to_json as per_query_json
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
 from mhsa.losses import Criterion
 from mhsa.model.build import build_model_from_config
@@ -119,7 +120,8 @@ def autocast_for(cfg: RunConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
-def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, epoch: int) -> DataLoader:
+def train_loader(cfg: RunConfig, ds, sampler: PKSampler | AuthorsSampler, device: torch.device,
+                 epoch: int) -> DataLoader:
     """A training loader whose worker seeds come from (seed, epoch).
 
     On CUDA with workers it is built once, with persistent workers (start-up paid once): the sampler
@@ -128,7 +130,8 @@ def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, e
     """
     d = cfg.data
     cuda = device.type == "cuda"
-    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad)
+    tf = build_transforms(d.height, d.width, train=True, flip=d.flip, random_erasing=d.random_erasing, pad=d.pad,
+                          erasing=d.erasing, cutout_side=d.cutout_side)
     return DataLoader(ImageDataset(ds.train, tf), batch_size=d.p * d.k, sampler=sampler, drop_last=True,
                       num_workers=d.workers, pin_memory=cuda, persistent_workers=cuda and d.workers > 0,
                       generator=torch.Generator().manual_seed(seed_everything(cfg.seed, epoch)))
@@ -189,7 +192,10 @@ def _restore_sigterm(previous) -> None:
 
 
 # ------------------------------------------------------------------------ evaluation
-def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) -> dict:
+def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device,
+                  per_query: dict | None = None) -> dict:
+    """test set -> mode -> metrics (percent); `per_query`, when given, is filled with each test set's
+    per-query results in metrics.json's form (`mhsa.evaluation.per_query`)."""
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
@@ -199,9 +205,11 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
         q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
         g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
-        results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
-                                       g["camids"], modes, rerank_params=rerank,
-                                       rerank_input=cfg.eval.rerank_input)
+        results[name], pq = evaluate_modes_per_query(q["features"], g["features"], q["pids"], g["pids"],
+                                                     q["camids"], g["camids"], modes, rerank_params=rerank,
+                                                     rerank_input=cfg.eval.rerank_input)
+        if per_query is not None:
+            per_query[name] = per_query_json(pq)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results
@@ -246,7 +254,7 @@ class Cell:
     device: torch.device
     train_set: ReidDataset
     targets: dict  # test set -> (ReidDataset, modes)
-    sampler: PKSampler
+    sampler: PKSampler | AuthorsSampler  # data.sampler
     model: torch.nn.Module
     criterion: Criterion
     optimizer: torch.optim.Optimizer
@@ -321,7 +329,8 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
                           "them in eval.targets)")
     targets = eval_targets(cfg)
     check_test_sets({name: ds for name, (ds, _) in targets.items()}, decoded=cache_test_sets(cfg, targets))
-    sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
+    sampler = build_sampler(cfg.data.sampler, [pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k,
+                            seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
     fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
     model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
@@ -407,7 +416,8 @@ def cached_train_batches(cell: Cell, epoch: int) -> CachedBatches:
     device from a generator seeded by (seed, epoch): a resumed run replays the same draws."""
     d = cell.cfg.data
     return CachedBatches(cell.train_cache, cell.train_set.train, cell.sampler, d.p * d.k, cell.device,
-                         BatchAugment(flip=d.flip, pad=d.pad, random_erasing=d.random_erasing),
+                         BatchAugment(flip=d.flip, pad=d.pad, random_erasing=d.random_erasing, erasing=d.erasing,
+                                      cutout_side=d.cutout_side),
                          seed=seed_everything(cell.cfg.seed, epoch))
 
 
@@ -485,7 +495,8 @@ def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
 def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> dict:
     """Evaluate on every test set; write attention.npz, metrics.json and config.yaml; mirror to MLflow."""
     cfg, device = cell.cfg, cell.device
-    results = evaluate_cell(cfg, cell.model, cell.targets, device)
+    per_query: dict = {}
+    results = evaluate_cell(cfg, cell.model, cell.targets, device, per_query)
     first = next(iter(cell.targets.values()))[0]
     att = attention_maps(cfg, cell.model, first, device)
     atomic_write(out_dir / "attention.npz", lambda tmp: _save_npz(tmp, att))
@@ -500,6 +511,8 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
         "history": cell.history,
         # what the numbers are averaged over (e.g. queries without a valid match are left out)
         "data": data_counts(cell.train_set, {name: ds for name, (ds, _) in cell.targets.items()}),
+        # what each valid query contributes to `eval`: the tables' intervals and paired comparisons
+        "per_query": per_query,
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -20,7 +20,7 @@ from pathlib import Path
 from mhsa.config import ModelConfig, build_run_config, check_modes, deep_merge
 from mhsa.data.synthetic import PRESET_PARAMS
 from mhsa.errors import ConfigError
-from mhsa.evaluation.modes import default_modes
+from mhsa.evaluation.modes import default_modes, parse_mode
 from mhsa.io import load_file
 from mhsa.study.figure_specs import check_plot_specs
 from mhsa.study.keys import (
@@ -34,7 +34,7 @@ from mhsa.study.keys import (
     TOP_KEYS,
     WORKFLOW_KEYS,
 )
-from mhsa.switches import DEFAULT_GAMMA
+from mhsa.switches import DEFAULT_GAMMA, RERANK_INPUTS
 
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
 
@@ -54,9 +54,10 @@ AUTHORS_TAGS = (
             "loss.competition_threshold": 1.0e-3}),
     ("j", {"loss.competition_form": "code", "loss.competition_reduction": "sum"}),
     ("k", {"optim.warmup": "staircase"}),
-    ("l", {"eval.rerank_input": "euclidean"}),
+    ("m", {"optim.milestone_epoch": "at"}),
     ("ls", {"loss.label_smoothing": 0.1}),
-    ("co", {"data.random_erasing": 0.5}),
+    ("co", {"data.random_erasing": 0.5, "data.erasing": "cutout"}),
+    ("sa", {"data.sampler": "authors"}),
     ("sp", {"loss.ihtl_self_positive": True}),
     ("in", {"model.init": "authors"}),
     ("A2", {"model.residual_detach_q": True}),
@@ -64,7 +65,8 @@ AUTHORS_TAGS = (
 # The `authors` keys that change a Baseline (no MHSAB); the rest are moot there and dropped, so
 # every Baseline under one reading is one cell.
 BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smoothing",
-                         "data.random_erasing", "optim.warmup")
+                         "data.random_erasing", "data.erasing", "data.cutout_side", "data.sampler", "optim.warmup",
+                         "optim.milestone_epoch")
 
 
 class StudyError(ConfigError):
@@ -136,6 +138,7 @@ class RowRef:
     series: str | None = None  # figures: the series name; rows are "<series> (K=k)"
     K: int | None = None
     paper_row: str | None = None  # the paper's row beside this one (tables with `paper_tables`)
+    compare_to: str | None = None  # the row this one is compared with, when not the default reference row
 
 
 @dataclass
@@ -329,7 +332,8 @@ def authors_tags(authors: dict) -> list | None:
 
 
 # The whole public-code reading (config.yaml's `authors_code`): named "-authors" in cell ids.
-FULL_READING = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "ls", "co", "sp", "in")
+# (l), the re-ranking input, is no longer in it: the paper-text reading feeds re-ranking as the code does.
+FULL_READING = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "m", "ls", "co", "sa", "sp", "in")
 
 
 def authors_suffix(authors: dict) -> str:
@@ -455,6 +459,18 @@ def _check_row_name(names: dict, source: str, tid: str, spec: dict, label: str) 
                          f"{source}; rename one of the rows (the tables find numbers by row name)")
 
 
+def _check_compare_to(rows: list) -> None:
+    """A row's `compare_to` names another row of its table (the comparison of docs/tables.md, "Marks")."""
+    names = {(r.source, r.table): [] for r in rows}
+    for r in rows:
+        if r.row not in names[(r.source, r.table)]:
+            names[(r.source, r.table)].append(r.row)
+    for r in rows:
+        if r.compare_to is not None and (r.compare_to == r.row or r.compare_to not in names[(r.source, r.table)]):
+            raise StudyError(f"config.yaml: Table {r.table} / {r.row}: compare_to {r.compare_to!r} is not another "
+                             f"row of this table (rows: {', '.join(names[(r.source, r.table)])})")
+
+
 def build_study(config: dict, preset: str | None = None, results_dir: str | None = None) -> Study:
     """Resolve the preset and expand every table/figure row into deduplicated cells.
 
@@ -486,7 +502,8 @@ def build_study(config: dict, preset: str | None = None, results_dir: str | None
                     cell.feeds.append(label)
                 ids.append(cid)
             rows.append(RowRef(source, tid, spec["row"], test_set, list(table["metrics"]), mode, ids,
-                               series, k, spec.get("paper_row")))
+                               series, k, spec.get("paper_row"), spec.get("compare_to")))
+    _check_compare_to(rows)
     study = Study(cfg, cells, rows)
     _check_cells(study)
     check_plot_specs(study)  # a typo in a figure spec fails now, not after the last training job
@@ -524,6 +541,10 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
                              for t, m in sorted(cell.targets.items())}},
         "tracking": {"experiment": experiment_name(cfg), "tags": {"feeds": "; ".join(cell.feeds)}},
     }
+    if any(parse_mode(mode)[2] for modes in cell.targets.values() for mode in modes):
+        # Re-ranked results depend on it, the weights do not: named in the cells that re-rank, so that a
+        # change of its default reruns (re-evaluates) them and `mhsa.study.tables` can tell stale results.
+        own["eval"]["rerank_input"] = RERANK_INPUTS[0]
     return deep_merge(own, _nest(k.get("authors") or {}))
 
 

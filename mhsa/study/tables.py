@@ -2,9 +2,11 @@
 two-readings Tables XII-XIII.
 
 Every table is first built as a *tidy* frame (one line per method row x data set x metric, with
-`ours` (mean over seeds), `ours_std`, `n_seeds`, the `paper` value, `delta = ours - paper` and the
-seed-noise flag `within_noise`), then rendered like the paper's table (one line per method, a
-column group per data set) as CSV (tidy), Markdown, HTML and LaTeX. See docs/tables.md.
+`ours` (mean over seeds), `ours_std`, `n_seeds`, the `paper` value, `delta = ours - paper`, the
+within-noise mark `within_noise`, the interval of `ours` and the comparison with the row's reference
+row: difference, its interval, the test, its degrees of freedom and p-value), then rendered like the
+paper's table (one line per method, a column group per data set) as CSV (tidy), Markdown, HTML and
+LaTeX. Intervals and tests: `mhsa.study.uncertainty`. See docs/tables.md.
 
     python -m mhsa tables --config config.yaml [--preset demo] --runs results/runs --out results/tables
 """
@@ -27,11 +29,16 @@ from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
 from mhsa.run.results import raise_all, read_metrics
 from mhsa.study.build import Study, build_study, cell_overrides, load_study_config, table_number
+from mhsa.study.uncertainty import LEVEL, N_RESAMPLES, PAIRED, SEED, WELCH, Uncertainty
+from mhsa.study.welch import welch
 
 log = logging.getLogger(__name__)
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
-COLUMNS = ["row", "dataset", "metric", "ours", "ours_std", "n_seeds", "paper", "delta", "within_noise", "own"]
+COLUMNS = ["row", "dataset", "metric", "ours", "ours_std", "n_seeds", "paper", "delta", "within_noise", "own",
+           # the uncertainty (docs/tables.md, "Uncertainty"): the interval of `ours` and how it was obtained,
+           # then the row against `vs_row`: ours - vs_row's ours, its interval, the test, df and p-value
+           "ours_low", "ours_high", "interval", "vs_row", "diff", "diff_low", "diff_high", "test", "df", "p"]
 PAPER_COLUMNS = ["table", "row", "dataset", "metric", "value", "own"]
 TABLE_FORMATS = ("csv", "md", "html", "tex")  # results/tables/table_<N>.<format>
 
@@ -48,7 +55,9 @@ DATASET_NAMES = {
 METRIC_NAMES = {"rank1": "Rank-1", "rank3": "Rank-3", "rank5": "Rank-5", "rank10": "Rank-10", "mAP": "mAP"}
 NOISE_MARK = "≈"
 MAX_PROBLEMS = 8  # problems of a malformed paper CSV listed by name
-NOISE_Z = 2.0  # |mean diff| <= NOISE_Z * standard error of the difference -> within seed noise
+# which rows carry the mark (a table's `compare:`): where the paper claims an improvement, or every
+# row with a reference row (docs/tables.md, "Marks")
+COMPARE_RULES = ("claims", "all")
 
 
 def synthetic_banner(preset: str = "demo") -> str:
@@ -151,14 +160,25 @@ def _stale(study: Study, metrics: dict) -> list[str]:
 
 
 def _unevaluated(study: Study, metrics: dict) -> list[str]:
-    """Finished cells without the results (test set, test mode) one of the study's rows shows."""
+    """Finished cells without the results (test set, test mode) one of the study's rows shows, or whose
+    re-ranked results were fed other distances than the study gives the cell now (`eval.rerank_input`)."""
     out = []
+    recipe = study.config.get("recipe", {})
     for ref in study.rows:
         for cid in ref.cells:
-            if cid in metrics and ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
+            if cid not in metrics:
+                continue
+            line = None
+            if ref.mode not in metrics[cid]["eval"].get(ref.dataset, {}):
                 line = f"{cid} has no {ref.mode!r} results on {ref.dataset}"
-                if line not in out:
-                    out.append(line)
+            elif ref.mode.endswith("_rerank") and isinstance(metrics[cid].get("config"), dict):
+                # runs from before the setting existed re-ranked squared distances
+                used = (metrics[cid]["config"].get("eval") or {}).get("rerank_input", "squared")
+                wanted = build_run_config(recipe, cell_overrides(study, study.cells[cid])).eval.rerank_input
+                if used != wanted:
+                    line = f"{cid} re-ranked {used} distances, the study now feeds {wanted} ones (eval.rerank_input)"
+            if line and line not in out:
+                out.append(line)
     return out
 
 
@@ -242,14 +262,11 @@ def reference_rows(own_rows: list) -> dict:
     return refs
 
 
-def within_noise(a: list, b: list, z: float = NOISE_Z) -> bool | None:
-    """True if |mean(a) - mean(b)| <= z * sqrt(s_a^2/n_a + s_b^2/n_b); None with < 2 seeds on a side."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
-    diff = abs(a_arr.mean() - b_arr.mean())
-    se = math.sqrt(a_arr.var(ddof=1) / len(a_arr) + b_arr.var(ddof=1) / len(b_arr))
-    return bool(diff <= z * se + 1e-12)
+def within_noise(a: list, b: list, level: float = LEVEL) -> bool | None:
+    """Seed values `a` and `b` of two rows: True if Welch's t-test (two-sided, at `level`) finds no
+    difference, False if it does; None with fewer than 2 values on a side."""
+    result = welch(a, b, level)
+    return None if result is None else not result.significant
 
 
 def _table_spec(study: Study, table_id: str) -> dict:
@@ -259,40 +276,48 @@ def _table_spec(study: Study, table_id: str) -> dict:
     return tables[table_id]
 
 
+_NO_UNCERTAINTY = {"ours_low": np.nan, "ours_high": np.nan, "interval": "", "vs_row": "", "diff": np.nan,
+                   "diff_low": np.nan, "diff_high": np.nan, "test": "", "df": np.nan, "p": np.nan}
+
+
 def _reference_line(row: str, d: str, m: str, paper_val: dict) -> dict:
     """A method of another paper: the paper's number only."""
     return {"row": row, "dataset": d, "metric": m, "ours": np.nan, "ours_std": np.nan, "n_seeds": 0,
-            "paper": paper_val.get((row, d, m), np.nan), "delta": np.nan, "within_noise": None, "own": 0}
+            "paper": paper_val.get((row, d, m), np.nan), "delta": np.nan, "within_noise": None, "own": 0,
+            **_NO_UNCERTAINTY}
 
 
-def _own_line(row: str, d: str, m: str, values: dict, paper_val: dict, ref: str | None) -> dict:
-    """One of our rows: mean/std over seeds, the paper's number, and the seed-noise flag against
-    `ref` (set only where the paper claims an improvement over the reference row)."""
-    vals = values[(row, d, m)]
-    n = len(vals)
-    ours = float(np.mean(vals)) if n else np.nan
-    std = float(np.std(vals, ddof=1)) if n >= 2 else np.nan
+def _own_line(row: str, d: str, m: str, refs: dict, paper_val: dict, ref: str | None, rule: str,
+              unc: Uncertainty) -> dict:
+    """One of our rows: the mean over seeds and its interval, the paper's number, and the comparison with
+    the reference row `ref`; the mark where `rule` asks for it (docs/tables.md, "Marks")."""
+    rr = refs.get((row, d))
+    iv = unc.interval(rr.cells, d, rr.mode, m) if rr else None
     pv = paper_val.get((row, d, m), np.nan)
-    flag = None
-    if ref is not None:
-        pref = paper_val.get((ref, d, m), np.nan)
-        if not (math.isnan(pv) or math.isnan(pref)) and pv > pref:
-            flag = within_noise(vals, values[(ref, d, m)])
-    return {"row": row, "dataset": d, "metric": m, "ours": ours, "ours_std": std, "n_seeds": n,
-            "paper": pv, "delta": ours - pv, "within_noise": flag, "own": 1}
+    ours = iv.value if iv else np.nan
+    line = {"row": row, "dataset": d, "metric": m, "ours": ours, "ours_std": iv.std if iv else np.nan,
+            "n_seeds": iv.n_seeds if iv else 0, "paper": pv, "delta": ours - pv, "within_noise": None, "own": 1,
+            **_NO_UNCERTAINTY}
+    if iv:
+        line.update(ours_low=iv.low, ours_high=iv.high, interval=iv.method)
+    rref = refs.get((ref, d)) if ref is not None else None
+    if rr is None or rref is None:
+        return line
+    line["vs_row"] = ref
+    cmp = unc.compare((rr.cells, d, rr.mode), (rref.cells, d, rref.mode), m)
+    if cmp is None:
+        return line
+    line.update(diff=cmp.diff, diff_low=cmp.low, diff_high=cmp.high, test=cmp.test, df=cmp.df, p=cmp.p)
+    pref = paper_val.get((ref, d, m), np.nan)
+    claims = not (math.isnan(pv) or math.isnan(pref)) and pv > pref
+    if rule == "all" or claims:
+        line["within_noise"] = cmp.within_noise
+    return line
 
 
-def _own_values(study: Study, table_id: str, metrics: dict, datasets: list, metric_names: list) -> dict:
-    """(row, data set, metric) -> the values of the row's cells (one per finished seed)."""
-    refs = [r for r in study.rows if r.source == "table" and r.table == table_id]
-    refs_by_key = {(r.row, r.dataset): r for r in refs}
-    values: dict = {}
-    for row in dict.fromkeys(r.row for r in refs):
-        for d in datasets:
-            rr = refs_by_key.get((row, d))
-            for m in metric_names:
-                values[(row, d, m)] = seed_values(metrics, rr.cells, d, rr.mode, m) if rr else []
-    return values
+def _row_refs(study: Study, table_id: str) -> dict:
+    """(row, data set) -> its RowRef (cells, test mode) in table `table_id`."""
+    return {(r.row, r.dataset): r for r in study.rows if r.source == "table" and r.table == table_id}
 
 
 def _borrowed_paper_values(study: Study, table_id: str, spec: dict, paper: pd.DataFrame) -> dict:
@@ -317,8 +342,7 @@ def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame |
     """One line per (row, data set, metric) of table `table_id`, in the paper's order.
 
     Reference methods (own=0, from the paper CSV) come first with `ours` NaN; then the own rows in
-    config order. Columns: row, dataset, metric, ours, ours_std, n_seeds, paper, delta,
-    within_noise, own.
+    config order. Columns: `COLUMNS` (docs/tables.md, "Tidy tables").
     """
     if paper is None:
         paper = load_paper()
@@ -331,16 +355,30 @@ def tidy_table(study: Study, table_id: str, metrics: dict, paper: pd.DataFrame |
     }
     paper_val.update(_borrowed_paper_values(study, table_id, spec, paper))
     other_rows = [r for r in dict.fromkeys(tp.loc[tp["own"] == 0, "row"]) if r not in own_rows]
-    values = _own_values(study, table_id, metrics, datasets, metric_names)
-    ref_of = reference_rows(own_rows)
+    refs = _row_refs(study, table_id)
+    ref_of = compared_rows(study, table_id)
+    rule = spec.get("compare", COMPARE_RULES[0])
+    unc = Uncertainty(metrics)
     cells = [(d, m) for d in datasets for m in metric_names]
     lines = [_reference_line(row, d, m, paper_val) for row in other_rows for d, m in cells]
-    lines += [_own_line(row, d, m, values, paper_val, ref_of.get(row)) for row in own_rows for d, m in cells]
+    lines += [_own_line(row, d, m, refs, paper_val, ref_of.get(row), rule, unc) for row in own_rows for d, m in cells]
     df = pd.DataFrame(lines, columns=COLUMNS)
     df["n_seeds"] = df["n_seeds"].astype(int)
     df["own"] = df["own"].astype(int)
     df["within_noise"] = df["within_noise"].astype(object)
+    df.attrs["compare"] = rule  # the footnote says which rows carry the mark
     return df
+
+
+def compared_rows(study: Study, table_id: str) -> dict:
+    """own row of table `table_id` -> the row it is compared with (None for a reference row): a row's
+    `compare_to` where config.yaml gives one, else `reference_rows`' rule."""
+    own_rows = list(dict.fromkeys(r.row for r in study.rows if r.source == "table" and r.table == table_id))
+    ref_of = reference_rows(own_rows)
+    for r in study.rows:
+        if r.source == "table" and r.table == table_id and r.compare_to:
+            ref_of[r.row] = r.compare_to
+    return ref_of
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -351,7 +389,9 @@ def _fmt(x: float) -> str:
 
 
 def format_cell(line: dict) -> str:
-    """Text of one table cell: paper only (reference rows), `ours (paper, delta)`, `ours ± std (paper)`."""
+    """Text of one table cell: paper only (reference rows); `ours [low, high] (paper, delta)` with one seed
+    (`ours (paper, delta)` without an interval); `mean ± std n=<seeds> (paper)` with several; `≈` after it
+    where the mark says within noise."""
     paper, ours, n = line["paper"], line["ours"], int(line["n_seeds"])
     has_paper = not pd.isna(paper)
     if not int(line["own"]):
@@ -359,9 +399,11 @@ def format_cell(line: dict) -> str:
     if n == 0 or pd.isna(ours):
         return f"n/a ({_fmt(paper)})" if has_paper else "n/a"
     if n >= 2:
-        text = f"{_fmt(ours)} ± {_fmt(line['ours_std'])}" + (f" ({_fmt(paper)})" if has_paper else "")
+        text = f"{_fmt(ours)} ± {_fmt(line['ours_std'])} n={n}" + (f" ({_fmt(paper)})" if has_paper else "")
     else:
-        text = _fmt(ours) + (f" ({_fmt(paper)}, {line['delta']:+.1f})" if has_paper else "")
+        low, high = line.get("ours_low", np.nan), line.get("ours_high", np.nan)
+        text = _fmt(ours) + ("" if pd.isna(low) or pd.isna(high) else f" [{_fmt(low)}, {_fmt(high)}]")
+        text += f" ({_fmt(paper)}, {line['delta']:+.1f})" if has_paper else ""
     if line.get("within_noise") is True:
         text += f" {NOISE_MARK}"
     return text
@@ -385,12 +427,34 @@ def wide_table(df: pd.DataFrame) -> tuple[list, list, list]:
 
 
 def _legend(df: pd.DataFrame) -> str:
-    n = int(df.loc[df["own"] == 1, "n_seeds"].max()) if (df["own"] == 1).any() else 0
-    return (
-        f"Cells: `ours (paper, delta)` with one seed, `ours ± std (paper)` with several (max seeds: {n}); "
-        f"reference methods show the paper's number only; `n/a` = not run yet; `{NOISE_MARK}` = the "
-        "paper's improvement over the reference row is within our seed noise (docs/tables.md)."
-    )
+    """The table's footnote: what a cell shows, which test each mark comes from and at what level."""
+    own = df[df["own"] == 1]
+    n = int(own["n_seeds"].max()) if len(own) else 0
+    level = f"{LEVEL:.0%}"
+    cells = (f"Cells: `ours [low, high] (paper, delta)` with one seed, [low, high] the {level} percentile bootstrap "
+             f"interval over the test set's query identities ({N_RESAMPLES:,} resamples, seed {SEED}; a one-seed cell "
+             "without it predates per-query results); `mean ± std n=<seeds> (paper)` with several (max seeds: "
+             f"{n}; the CSV's ours_low/ours_high: the t interval over seeds widened by the test-set bootstrap); "
+             "reference methods show the paper's number only; `n/a` = not run yet.")
+    what = ("the paper's improvement over the reference row" if df.attrs.get("compare", COMPARE_RULES[0]) == "claims"
+            else "the row's difference from the row it is compared with (the CSV's vs_row)")
+    tests = set(own["test"]) - {""}
+    how = []
+    if PAIRED in tests:
+        how.append(f"paired bootstrap (one seed a side): the {level} interval of the difference over the same "
+                   "resampled query identities covers 0")
+    if WELCH in tests:
+        dfs = own.loc[own["test"] == WELCH, "df"].dropna()
+        span = f"{dfs.min():.1f}-{dfs.max():.1f}" if len(dfs) else "n/a"
+        how.append(f"Welch's t-test over seeds (several seeds a side), two-sided, alpha = {1 - LEVEL:.2f}, not "
+                   f"significant (df {span}, per cell in the CSV; the test set is the same for both rows and "
+                   "its sampling is not in the test)")
+    if how:
+        mark = f"`{NOISE_MARK}` = {what} is within our noise: " + "; ".join(how) + "."
+    else:
+        mark = (f"`{NOISE_MARK}` would mark {what} within our noise; no row here could be tested (one seed "
+                "without per-query results, or one seed against several).")
+    return f"{cells} {mark} See docs/tables.md, section Uncertainty."
 
 
 def render_markdown(
@@ -545,7 +609,7 @@ def build_all(
     summary += [
         f"Preset `{preset}`, {len(metrics)} finished cell(s) found under `{runs_dir}`.",
         "",
-        "| Table | Title | rows with results | improvements within noise | files |",
+        "| Table | Title | rows with results | marked within noise / cells with a mark | files |",
         "|---|---|---|---|---|",
     ]
     for tid in study.table_ids():

@@ -136,6 +136,29 @@ def test_random_erasing_boxes_follow_torchvision_rules():
             assert bool(changed[t : t + h_, l_ : l_ + w_].all())
 
 
+def test_cutout_boxes_follow_the_authors_rules():
+    """The batch path of the authors' Cutout (data.erasing: cutout; tests/data/test_transforms.py has the
+    transform): a square of half the width, both ends of each position reachable, filled with zeros."""
+    from mhsa.data.batch_transforms import draw_cutout_boxes
+
+    boxes = draw_cutout_boxes(torch.Generator().manual_seed(0), 4000, 64, 32, p=0.5)
+    top, left, h, w = boxes.T
+    erased = h > 0
+    assert 0.45 < erased.float().mean() < 0.55
+    assert bool((h[erased] == 16).all() and (w[erased] == 16).all())
+    assert int(top.min()) == 0 and int(top.max()) == 64 - 16 and int(left.min()) == 0 and int(left.max()) == 32 - 16
+    aug = BatchAugment(flip=False, random_erasing=1.0, erasing="cutout")
+    params = aug.draw(torch.Generator().manual_seed(1), 4, 64, 32)
+    x = torch.randint(1, 255, (4, 3, 64, 32), dtype=torch.uint8)
+    y = aug.apply(x, params)
+    plain = normalize(x.clone())
+    for i, (t, l_, h_, w_) in enumerate(params["boxes"].tolist()):
+        changed = (y[i] != plain[i]).any(0)
+        assert int(changed.sum()) == h_ * w_ == 256 and bool((y[i][:, t : t + h_, l_ : l_ + w_] == 0).all())
+    wide = draw_cutout_boxes(torch.Generator().manual_seed(0), 50, 64, 32, p=1.0, side=0.999)
+    assert int(wide[:, 2:].sum()) == 0  # a square as wide as the image is never drawn (the authors' rule)
+
+
 def test_augmentation_repeats_per_seed(ds, tmp_path):
     cache = DecodedCache.open_or_build(ds.train, H, W, tmp_path, key(ds))
     pids = [p for _, p, _ in ds.train]

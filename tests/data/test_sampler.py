@@ -1,4 +1,4 @@
-"""PKSampler: P x K batch structure, determinism per (seed, epoch), errors."""
+"""PKSampler and AuthorsSampler (data.sampler): P x K batch structure, determinism per (seed, epoch), errors."""
 
 from __future__ import annotations
 
@@ -76,3 +76,72 @@ def test_works_with_a_dataloader():
     loader = DataLoader(data, batch_size=8, sampler=PKSampler(PIDS, 4, 2))
     for (pids,) in loader:
         assert pids.numel() == 8 and len(set(pids.tolist())) == 4
+
+
+# ------------------------------------------------------- the authors' epoch (data.sampler: authors)
+def _authors_batches(sampler, p, k):
+    """Batches as their DataLoader(batch_size=p * k, drop_last=True) cuts the sampler's indices."""
+    out = [int(i) for i in sampler]
+    return [out[i : i + p * k] for i in range(0, len(out) - p * k + 1, p * k)]
+
+
+@pytest.mark.parametrize("counts", [COUNTS, {i: 3 + i % 7 for i in range(40)}, {i: 1 + i % 3 for i in range(33)}])
+def test_authors_sampler_draws_an_epoch_as_the_authors_code(counts):
+    """datasets/samplers.py:21-33 (tests/reference_impls.py): each identity once with K images, without
+    replacement when it has K; their epoch and ours have the same length, the same identities K times each,
+    and DataLoader batches of P identities."""
+    import numpy as np
+    import torch
+    from reference_impls import AuthorsRandomIdentitySampler
+
+    from mhsa.data.sampler import AuthorsSampler, build_sampler
+
+    pids = [pid for pid, n in counts.items() for _ in range(n)]
+    p, k = 2, 4
+    ours = build_sampler("authors", pids, p, k, seed=3)
+    assert isinstance(ours, AuthorsSampler)
+    theirs = AuthorsRandomIdentitySampler([(None, pid, 0) for pid in pids], num_instances=k)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        a, b = list(ours), [int(i) for i in theirs]
+        assert len(a) == len(b) == len(ours) == len(theirs) == len(counts) * k
+        for drawn in (a, b):
+            by_pid = {}
+            for j in range(0, len(drawn), k):
+                group = drawn[j : j + k]
+                (pid,) = {pids[i] for i in group}  # K consecutive indices: one identity
+                by_pid.setdefault(pid, []).append(group)
+            assert sorted(by_pid) == sorted(counts) and all(len(g) == 1 for g in by_pid.values())
+            for pid, (group,) in by_pid.items():
+                if counts[pid] >= k:
+                    assert len(set(group)) == k  # without replacement
+        assert len(_authors_batches(a, p, k)) == len(_authors_batches(b, p, k)) == len(counts) // p
+        assert all(len({pids[i] for i in batch}) == p for batch in _authors_batches(a, p, k))
+
+
+def test_authors_epoch_is_shorter_than_the_pk_epoch():
+    """Market-1501's shape (751 identities, ~17 images each): their epoch is 751 // 32 = 23 batches of 32 x 4,
+    ours walks the images: ~100 (docs/paper-to-code.md, "Reading 2")."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mhsa.data.sampler import build_sampler
+
+    counts = {i: 12 + (i * 7) % 12 for i in range(751)}
+    pids = [pid for pid, n in counts.items() for _ in range(n)]
+    data = TensorDataset(torch.tensor(pids))
+    authors = DataLoader(data, batch_size=128, sampler=build_sampler("authors", pids, 32, 4), drop_last=True)
+    pk = DataLoader(data, batch_size=128, sampler=build_sampler("pk", pids, 32, 4), drop_last=True)
+    assert len(authors) == len(list(authors)) == 23
+    assert 90 <= len(pk) == len(list(pk)) and len(pk) / len(authors) > 4
+    first = build_sampler("authors", pids, 32, 4, seed=1)
+    again = build_sampler("authors", pids, 32, 4, seed=1)
+    assert list(first) == list(again)  # deterministic per (seed, epoch)
+    again.set_epoch(1)
+    assert list(first) != list(again)
+    with pytest.raises(UserError, match="data.sampler"):
+        build_sampler("walk", pids, 32, 4)
+    with pytest.raises(UserError, match="only 751 identities"):
+        build_sampler("authors", pids, 800, 4)

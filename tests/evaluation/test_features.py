@@ -106,12 +106,44 @@ def test_evaluate_modes_percent_and_rerank():
     ref = evaluate(dist, q_pids, g_pids, q_cams, g_cams)
     assert out["global"]["mAP"] == pytest.approx(ref["mAP"] * 100)
     assert out["global"]["rank5"] == pytest.approx(ref["cmc"][4] * 100)
+    # re-ranking is fed plain Euclidean distances (Zhong et al., the authors' evaluator), which it squares
     rr = re_ranking(
-        dist,
-        squared_euclidean(qf["global"], qf["global"]).numpy(),
-        squared_euclidean(gf["global"], gf["global"]).numpy(),
+        np.sqrt(dist),
+        np.sqrt(squared_euclidean(qf["global"], qf["global"]).numpy()),
+        np.sqrt(squared_euclidean(gf["global"], gf["global"]).numpy()),
     )
     rr_map = evaluate(rr, q_pids, g_pids, q_cams, g_cams)["mAP"] * 100
     assert out["global_rerank"]["mAP"] == pytest.approx(rr_map)
     with pytest.raises(ValueError, match="'concat'"):
         evaluate_modes(qf, gf, q_pids, g_pids, q_cams, g_cams, ["concat_rerank"])
+
+
+def test_per_query_results_average_to_the_metrics_and_survive_json():
+    """metrics.json's `per_query` (docs/evaluation.md, "Per-query results"): each metric is the mean of its
+    per-query numbers, in every mode, after the round trip through JSON."""
+    import json
+
+    from mhsa.evaluation import evaluate_modes_per_query
+    from mhsa.evaluation import per_query as PQ
+
+    rng = np.random.default_rng(1)
+    nq, ng, d = 24, 50, 6
+    q_pids, g_pids = rng.integers(0, 8, nq), rng.integers(0, 8, ng)
+    q_pids[0] = 99  # no gallery image: not a valid query
+    q_cams, g_cams = rng.integers(0, 2, nq), rng.integers(0, 3, ng)
+    qf = {"global": torch.tensor(rng.standard_normal((nq, d)), dtype=torch.float32)}
+    gf = {"global": torch.tensor(rng.standard_normal((ng, d)), dtype=torch.float32)}
+    modes = ["global", "global_rerank"]
+    out, pq = evaluate_modes_per_query(qf, gf, q_pids, g_pids, q_cams, g_cams, modes)
+    assert out == evaluate_modes(qf, gf, q_pids, g_pids, q_cams, g_cams, modes)
+    back = PQ.from_json(json.loads(json.dumps(PQ.to_json(pq))))
+    assert PQ.problem(PQ.to_json(pq)) is None
+    assert 0 not in back["index"] and list(back["pids"]) == list(q_pids[back["index"]])
+    for mode in modes:
+        for metric in ("rank1", "rank3", "rank5", "rank10", "mAP", "mINP", "mAP@50"):
+            values = PQ.metric_values(back["modes"][mode], metric)
+            assert len(values) == len(back["pids"])
+            assert values.mean() == pytest.approx(out[mode][metric], abs=1e-4), (mode, metric)
+    with pytest.raises(KeyError, match="no per-query form"):
+        PQ.metric_values(back["modes"]["global"], "recall")
+    assert "does not hold" in PQ.problem({"index": [1], "pids": [1], "modes": {"global": {"first_hit": [0]}}})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from reference_impls import evaluate_loop
+from reference_impls import evaluate_loop, per_query_loop
 
 from mhsa.evaluation import evaluate
 
@@ -108,6 +108,17 @@ def test_matches_loop_reference(seed, nq, ng, n_ids, n_cams, n_distractor, quant
             evaluate(*prob)
         return
     _check_same(evaluate(*prob, max_rank=50), ref)
+    # what each valid query contributes (docs/evaluation.md, "Per-query results"): the loop's, and the
+    # metrics are their means
+    got = evaluate(*prob, max_rank=50, per_query=True)
+    pq, loop = got["per_query"], per_query_loop(*prob)
+    for key in ("index", "pids", "first_hit"):
+        np.testing.assert_array_equal(pq[key], loop[key])
+    for key, metric in (("AP", "mAP"), ("INP", "mINP"), ("AP@50", "mAP@50")):
+        np.testing.assert_allclose(pq[key], loop[key], atol=1e-12)
+        assert np.mean(pq[key]) == pytest.approx(got[metric], abs=1e-12)
+    for k in (1, 5, 10):
+        assert np.mean(pq["first_hit"] < k) == pytest.approx(got["cmc"][k - 1], abs=1e-12)
 
 
 def test_torch_inputs_noncontiguous_and_infinite():

@@ -313,16 +313,39 @@ def test_staircase_warmup_with_milestones_199_299_is_the_authors_schedule():
     assert train_mod.lr_at(linear, 1) == pytest.approx(1e-5)  # the default is unchanged
 
 
+def test_milestone_epoch_at_decays_from_the_milestone_itself_as_the_authors_adjust_lr():
+    """(m) optim.milestone_epoch: at, with the paper's milestones [200, 300] and the staircase warm-up, is
+    main_reid.py:152-160 at every epoch (tests/reference_impls.py transcribes it); under the default rule it
+    is the paper reading's [199, 299]."""
+    from reference_impls import authors_adjust_lr
+
+    at = build_run_config({"optim": {"warmup": "staircase", "milestone_epoch": "at"}})
+    assert at.optim.milestones == [200, 300]
+    shifted = build_run_config({"optim": {"warmup": "staircase", "milestones": [199, 299]}})
+    for epoch in range(1, 401):
+        assert train_mod.lr_at(at, epoch) == pytest.approx(authors_adjust_lr(epoch), rel=1e-12), epoch
+        assert train_mod.lr_at(at, epoch) == train_mod.lr_at(shifted, epoch)
+    paper = build_run_config({})
+    assert [train_mod.lr_at(paper, e) for e in (200, 201)] == pytest.approx([1e-3, 1e-4])
+    assert [train_mod.lr_at(at, e) for e in (199, 200)] == pytest.approx([1e-3, 1e-4])
+    # a short preset's milestone moves the same way: the demo's [4] of 5 epochs decays from epoch 4
+    demo = build_run_config({"optim": {"milestones": [4], "epochs": 5, "warmup_epochs": 1, "milestone_epoch": "at"}})
+    assert [train_mod.lr_at(demo, e) for e in (3, 4, 5)] == pytest.approx([1e-3, 1e-4, 1e-4])
+
+
 # ------------------------------------------------------------------- A4 / (l) re-ranking input
 def test_rerank_input_euclidean_feeds_square_roots_and_leaves_plain_modes_alone():
+    """The default (Zhong et al.'s code and the authors' evaluator feed plain Euclidean distances; the
+    function squares them): square roots; `squared` (torchreid's engine) feeds the squared distances."""
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((6, 8)) * 3
     ids = rng.integers(0, 6, 60)
     f = torch.from_numpy((centres[ids] + rng.standard_normal((60, 8))).astype(np.float32))
     q, g = {"concat": f[:15]}, {"concat": f[15:]}
     args = (q, g, ids[:15], ids[15:], np.zeros(15, int), np.ones(45, int), ["concat", "concat_rerank"])
-    squared = evaluate_modes(*args)
+    squared = evaluate_modes(*args, rerank_input="squared")
     euclid = evaluate_modes(*args, rerank_input="euclidean")
+    assert evaluate_modes(*args) == euclid  # the default
     assert squared["concat"] == euclid["concat"]
     assert squared["concat_rerank"] != euclid["concat_rerank"]
     d = ((f[:, None] - f[None]) ** 2).sum(-1).clamp_min(0).sqrt().numpy()
@@ -331,6 +354,9 @@ def test_rerank_input_euclidean_feeds_square_roots_and_leaves_plain_modes_alone(
     ref = evaluate(re_ranking(d[:15, 15:], d[:15, :15], d[15:, 15:]), ids[:15], ids[15:], np.zeros(15, int),
                    np.ones(45, int), max_rank=50)
     assert euclid["concat_rerank"]["mAP"] == pytest.approx(ref["mAP"] * 100, abs=1e-4)
+    ref4 = evaluate(re_ranking(d[:15, 15:] ** 2, d[:15, :15] ** 2, d[15:, 15:] ** 2), ids[:15], ids[15:],
+                    np.zeros(15, int), np.ones(45, int), max_rank=50)
+    assert squared["concat_rerank"]["mAP"] == pytest.approx(ref4["mAP"] * 100, abs=1e-4)
     with pytest.raises(ValueError, match="rerank_input"):
         evaluate_modes(*args, rerank_input="cosine")
 
@@ -341,7 +367,8 @@ NEW_KEYS = {
     "model.z_layernorm": True, "model.extra_bottleneck": True, "model.shared_classifier": True,
     "model.residual_detach_q": True, "model.init": "authors", "loss.distance": "euclidean",
     "loss.fdrt_form": "authors", "loss.competition_reduction": "sum", "loss.competition_threshold": 0.001,
-    "optim.param_set": "authors", "optim.warmup": "staircase",
+    "optim.param_set": "authors", "optim.warmup": "staircase", "optim.milestone_epoch": "at",
+    "data.sampler": "authors", "data.erasing": "cutout", "data.cutout_side": 0.25,
 }
 
 
@@ -351,7 +378,8 @@ def test_new_keys_at_default_leave_the_weights_config_unchanged_and_count_when_s
     for key, value in NEW_KEYS.items():
         cfg = build_run_config({}, dotted=[f"{key}={value}"])
         assert weights_config(cfg)[key] == str(value), key
-    assert "eval.rerank_input" not in weights_config(build_run_config({}, dotted=["eval.rerank_input=euclidean"]))
+    assert "eval.rerank_input" not in weights_config(build_run_config({}, dotted=["eval.rerank_input=squared"]))
+    assert build_run_config({}).eval.rerank_input == "euclidean"
 
 
 @pytest.mark.parametrize("key", [k for k, v in NEW_KEYS.items() if isinstance(v, str)] + ["eval.rerank_input"])

@@ -52,6 +52,11 @@ CORRUPTIONS = {
     "a percent string": lambda p: p.write_text(json.dumps(
         {**_metrics(p.parent.name), "eval": {"occluded_duke": {"global": {"rank1": "55.4%"}}}})),
     "another cell's results": lambda p: p.write_text(json.dumps(_metrics("occluded_duke__baseline__s9"))),
+    # per-query results the intervals could not resample (docs/evaluation.md, "Per-query results")
+    "per-query lists of other lengths": lambda p: p.write_text(json.dumps(
+        {**_metrics(p.parent.name), "per_query": {"occluded_duke": {
+            "index": [0, 1], "pids": [3, 4],
+            "modes": {"global": {"first_hit": [0], "AP": [1.0], "INP": [1.0], "AP@50": [1.0]}}}}})),
 }
 
 
@@ -261,3 +266,26 @@ def test_results_of_another_config_or_without_a_rows_mode_are_refused(runs, stud
     assert f"{cells[1]} has no {mode!r} results on {dataset}" in msg
     assert "rerun Snakemake (it retrains or re-evaluates them)" in msg
     assert not (tmp_path / "tables").exists()
+
+
+def test_re_ranked_results_of_another_rerank_input_are_refused(tmp_path):
+    """The re-ranking input's default changed (docs/paper-to-code.md, "Evaluation"): a cell that re-ranked
+    squared distances must not stand under the rows now, although its weights are the same; the cells
+    that re-rank name the setting, so Snakemake re-evaluates them."""
+    from mhsa.config import build_run_config
+    from mhsa.study.build import cell_overrides
+
+    study = build_study(load_study_config(ROOT / "config.yaml"), "demo")
+    ref = next(r for r in study.rows if r.mode.endswith("_rerank"))
+    cid = ref.cells[0]
+    cell = study.cells[cid]
+    assert cell_overrides(study, cell)["eval"]["rerank_input"] == "euclidean"
+    assert "rerank_input" not in cell_overrides(study, study.cells[next(
+        r for r in study.rows if r.table == "II").cells[0]])["eval"]  # a cell that does not re-rank: untouched
+    m = _metrics(cid, cell.targets)
+    m["config"] = build_run_config(study.config["recipe"], cell_overrides(study, cell)).to_dict()
+    m["config"]["eval"]["rerank_input"] = "squared"  # as the runs before the change
+    (tmp_path / "runs" / cid).mkdir(parents=True)
+    (tmp_path / "runs" / cid / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ResultsError, match=f"{cid} re-ranked squared distances, the study now feeds euclidean"):
+        T.build_all(study, tmp_path / "runs", tmp_path / "tables")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,11 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert data["train"]["dataset"] == "market1501" and data["train"]["images"] > 0 and data["train"]["identities"] > 0
     test = data["test"]["market1501"]
     assert test["queries"] > 0 and test["gallery"] > 0 and 0 < test["num_valid_queries"] <= test["queries"]
+    # what each valid query contributes: the tables' intervals are resampled from it (docs/evaluation.md)
+    pq = saved["per_query"]["market1501"]
+    assert len(pq["pids"]) == test["num_valid_queries"] and set(pq["modes"]) == set(saved["eval"]["market1501"])
+    hits = np.asarray(pq["modes"]["concat"]["first_hit"])
+    assert 100 * np.mean(hits < 1) == pytest.approx(saved["eval"]["market1501"]["concat"]["rank1"])
     m2 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "b", tracking_uri=uri)
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
@@ -282,3 +288,25 @@ def test_training_functions_stay_short():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name} is over 60 lines"
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_authors_sampler_and_cutout_reach_the_training_batches(data_root, tmp_path, cache):
+    """data.sampler: authors and data.erasing: cutout (docs/paper-to-code.md items (sa), (co)) on both data
+    paths: an epoch is num_ids // P batches of P identities, and erased images hold a zero square."""
+    from mhsa.data.sampler import AuthorsSampler
+
+    cfg = tiny_cfg(data_root, tmp_path, data={"sampler": "authors", "erasing": "cutout", "random_erasing": 1.0,
+                                              "flip": False, "cache": cache, "cache_dir": str(tmp_path / "c")})
+    cell = train_mod.set_up(cfg, torch.device("cpu"), tmp_path / "ckpt")
+    assert isinstance(cell.sampler, AuthorsSampler) and (cell.train_cache is not None) == cache
+    num_ids = len({pid for _, pid, _ in cell.train_set.train})
+    loader = (train_mod.cached_train_batches(cell, 1) if cache
+              else train_mod.train_loader(cfg, cell.train_set, cell.sampler, cell.device, 1))
+    batches = list(loader)
+    assert len(batches) == len(loader) == num_ids // cfg.data.p
+    side = round(0.5 * cfg.data.width)
+    for imgs, pids, _, _ in batches:
+        assert len(set(pids.tolist())) == cfg.data.p
+        zero = (imgs == 0).all(1)  # B x H x W: the Cutout square (normalised space)
+        assert (zero.flatten(1).sum(1) >= side * side).all()

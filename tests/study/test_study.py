@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from mhsa.config import build_run_config
 from mhsa.study.build import StudyError, build_study, cell_overrides, load_study_config, table_number
 
 ROOT = Path(__file__).parents[2]
@@ -18,9 +19,9 @@ def config():
 def test_paper_grid_cell_count(config):
     """Hand count: I 16, II 3, III 3, V 32, VII 16, VIII 3, IX 5, X 9, XI 10, Fig.9 16, Fig.10 15, Fig.7 1
     = 129; XII: the 3 public-code rows x 2 sets = 6 (the paper-text rows are Table I/II cells); XIII:
-    17 single-difference rows (the paper-text row and the all-on row are cells of II and XII)."""
+    19 single-difference rows (the paper-text row and the all-on row are cells of II and XII)."""
     study = build_study(config, "paper")
-    assert len(study.cells) == 129 + 6 + 17  # Fig. 7's MHSAB and MHSAB+ACM reuse cells
+    assert len(study.cells) == 129 + 6 + 19  # Fig. 7's MHSAB and MHSAB+ACM reuse cells
     assert all(r.cells and all(c in study.cells for c in r.cells) for r in study.rows)
 
 
@@ -59,6 +60,9 @@ def test_cell_overrides_carry_only_the_cells_knobs(config):
     ({"row": "x", "variant": "baseline", "mode": "local"}, "needs MHSAM"),
     ({"row": "x", "variant": "mhsam", "mode": "head9"}, "K=8"),
     ({"row": "x", "variant": "mhsam", "mode": "fancy"}, "unknown test mode"),
+    # the row it is compared with must be another row of its table (docs/tables.md, "Marks")
+    ({"row": "x", "variant": "mhsam", "compare_to": "Baseline"}, "compare_to 'Baseline' is not another row"),
+    ({"row": "x", "variant": "mhsam", "compare_to": "x"}, "compare_to 'x' is not another row"),
 ])
 def test_bad_rows_are_named(config, row, message):
     cfg = dict(config)
@@ -165,7 +169,8 @@ def test_public_code_rows_train_the_code_reading(config):
     assert o["model"]["attention_softmax"] == "positions" and o["model"]["num_heads"] == 8
     assert o["loss"]["lambda3"] == 1e-4 and o["loss"]["global_ce"] is False
     assert o["loss"]["competition_reduction"] == "sum" and o["optim"]["warmup"] == "staircase"
-    assert o["eval"]["rerank_input"] == "euclidean" and set(o["eval"]["targets"]) == {"occluded_duke"}
+    assert set(o["eval"]["targets"]) == {"occluded_duke"}
+    assert build_run_config(study.config["recipe"], o).eval.rerank_input == "euclidean"  # (l): both readings
     assert {f"{s}.{k}" for s in ("model", "loss", "data", "optim", "eval") for k in o[s]} >= set(full)
     net = _row_cells(study, "XII", "MHSA-Net (K=8) (public code)")["occluded_duke"]
     assert net == "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.0001g0.001-authors__s0"
@@ -175,10 +180,11 @@ def test_public_code_rows_train_the_code_reading(config):
 def test_baseline_under_the_code_reading_keeps_only_keys_that_touch_it(config):
     study = build_study(config, "paper")
     cid = _row_cells(study, "XII", "Baseline (public code)")["market1501"]
-    assert cid == "market1501__baseline-a.f.k.ls.co.in__s0"
+    assert cid == "market1501__baseline-a.f.k.m.ls.co.sa.in__s0"
     assert study.cells[cid].knobs["authors"] == {
-        "data.random_erasing": 0.5, "loss.label_smoothing": 0.1, "model.extra_bottleneck": True,
-        "model.init": "authors", "optim.warmup": "staircase"}
+        "data.random_erasing": 0.5, "data.erasing": "cutout", "data.sampler": "authors", "loss.label_smoothing": 0.1,
+        "model.extra_bottleneck": True, "model.init": "authors", "optim.warmup": "staircase",
+        "optim.milestone_epoch": "at"}
     # a Baseline row of the code reading with the MHSA-Net knobs set is still the same cell
     cfg = copy.deepcopy(config)
     cfg["tables"]["XII"]["rows"].append({"row": "y", "variant": "authors_code", "mhsam": False,
@@ -193,15 +199,18 @@ def test_ablation_rows_turn_on_one_difference_each(config):
     assert all(r.paper_row == "MHSA-Net (K=8)" for r in rows)
     base = study.cells[f"occluded_duke__{FULL}__s0"].knobs
     single = rows[1:-1]
-    assert len(single) == 17 and len({r.cells[0] for r in single}) == 17
+    assert len(single) == 19 and len({r.cells[0] for r in single}) == 19
     for r in single:
         knobs = study.cells[r.cells[0]].knobs
         changed = {k for k in base if k != "authors" and knobs[k] != base[k]}
         # one difference: a few `authors` keys of one tag (+ lambda3 for the competition forms)
         tag = r.cells[0].split("-a.")[1].split("__")[0]
         assert "." not in tag, r.row
+        assert f"({tag})" in r.row or tag in ("ls", "co", "sa", "sp", "in"), r.row
         assert changed == ({"lambda3"} if tag in ("j", "j2") else set()), r.row
         assert knobs["authors"] and "eval.rerank_input" not in knobs["authors"]
+    assert "eval.rerank_input" not in study.cells[_row_cells(study, "XII", "MHSA-Net (K=8) (public code)")[
+        "occluded_duke"]].knobs["authors"]  # (l) is the paper-text default now: no difference left
     a = study.cells[f"occluded_duke__{FULL}-a.a__s0"]
     assert a.knobs["authors"] == {"model.attention_softmax": "positions"}
     assert cell_overrides(study, a)["model"]["attention_softmax"] == "positions"

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from mhsa.study import tables as T
 from mhsa.study.build import build_study, load_study_config
@@ -104,18 +105,12 @@ def test_load_metrics(metrics, study, runs):
 
 def test_tidy_columns_and_order(study, metrics, paper):
     df = T.tidy_table(study, "II", metrics, paper)
-    assert list(df.columns) == [
-        "row",
-        "dataset",
-        "metric",
-        "ours",
-        "ours_std",
-        "n_seeds",
-        "paper",
-        "delta",
-        "within_noise",
-        "own",
-    ]
+    assert list(df.columns) == T.COLUMNS
+    # the columns tables had before the intervals come first, in their order; the uncertainty follows
+    assert T.COLUMNS[:10] == ["row", "dataset", "metric", "ours", "ours_std", "n_seeds", "paper", "delta",
+                              "within_noise", "own"]
+    assert T.COLUMNS[10:] == ["ours_low", "ours_high", "interval", "vs_row", "diff", "diff_low", "diff_high",
+                              "test", "df", "p"]
     rows = list(dict.fromkeys(df.row))
     refs = list(dict.fromkeys(paper[(paper.table == "II") & (paper.own == 0)].row))
     own = ["Baseline", "MHSA-Net* (K=8)", "MHSA-Net (K=8)", "MHSA-Net† (K=8)"]
@@ -149,12 +144,24 @@ def test_means_stds_delta(study, metrics, paper):
 
 def test_within_noise_cases(study, metrics, paper):
     df = T.tidy_table(study, "II", metrics, paper)
-    # paper: 59.7 > 38.9; ours 45 vs 42, 2*SE = 2*sqrt(7/3+7/3) = 4.32 -> within noise
+    # paper: 59.7 > 38.9; ours 45 vs 42 with std sqrt(7) a side: Welch t = 1.39 at df 4 -> within noise
     assert line(df, "MHSA-Net* (K=8)", "occluded_duke", "rank1")["within_noise"] is True
     # ours 62 vs 42 -> a real difference
     assert line(df, "MHSA-Net (K=8)", "occluded_duke", "rank1")["within_noise"] is False
-    # one seed -> cannot judge
-    assert line(df, "MHSA-Net† (K=8)", "occluded_duke", "rank1")["within_noise"] is None
+    # the CSV carries the test: Welch's over the seeds, as scipy computes it
+    for row in ("MHSA-Net* (K=8)", "MHSA-Net (K=8)"):
+        got = line(df, row, "occluded_duke", "rank1")
+        mode_base = 43.0 if row.startswith("MHSA-Net*") else 60.0
+        ref = stats.ttest_ind(expected(mode_base, "rank1"), expected(40.0, "rank1"), equal_var=False)
+        ci = ref.confidence_interval(0.95)
+        assert got["test"] == "Welch" and got["vs_row"] == "Baseline"
+        assert got["df"] == pytest.approx(ref.df) and got["p"] == pytest.approx(ref.pvalue)
+        assert (got["diff_low"], got["diff_high"]) == pytest.approx((ci.low, ci.high))
+        assert got["diff"] == pytest.approx(got["ours"] - line(df, "Baseline", "occluded_duke", "rank1")["ours"])
+        assert got["within_noise"] is bool(ref.pvalue >= 0.05)
+    # one seed against three -> cannot judge: no test
+    d = line(df, "MHSA-Net† (K=8)", "occluded_duke", "rank1")
+    assert d["within_noise"] is None and d["test"] == "" and math.isnan(d["p"])
     # the reference row itself is never judged
     assert line(df, "Baseline", "occluded_duke", "rank1")["within_noise"] is None
     # Table VIII: the paper reads no improvement over the first row (MHSA-Net*) -> None despite 3 seeds
@@ -167,6 +174,9 @@ def test_within_noise_cases(study, metrics, paper):
 
 
 def test_within_noise_function():
+    """Welch's test at 95 %, not a 2-standard-error rule: 2.8 SE at ~2 degrees of freedom is within noise."""
+    assert T.within_noise([62.0, 60.4, 63.6], [66.6, 73.4, 80.2]) is True
+    assert stats.ttest_ind([62.0, 60.4, 63.6], [66.6, 73.4, 80.2], equal_var=False).pvalue > 0.05
     assert T.within_noise([1, 2, 3], [1.5, 2.5, 3.5]) is True
     assert T.within_noise([1, 1.1, 0.9], [5, 5.1, 4.9]) is False
     assert T.within_noise([1], [1, 2]) is None
@@ -210,12 +220,14 @@ def test_format_cell():
         "n_seeds": 3,
         "delta": -14.7,
         "within_noise": True,
+        "ours_low": 38.04,
+        "ours_high": 51.96,
     }
-    assert T.format_cell(base) == f"45.0 ± 2.6 (59.7) {T.NOISE_MARK}"
-    assert (
-        T.format_cell({**base, "n_seeds": 1, "ours_std": np.nan, "within_noise": None})
-        == "45.0 (59.7, -14.7)"
-    )
+    assert T.format_cell(base) == f"45.0 ± 2.6 n=3 (59.7) {T.NOISE_MARK}"
+    one = {**base, "n_seeds": 1, "ours_std": np.nan, "within_noise": None}
+    assert T.format_cell(one) == "45.0 [38.0, 52.0] (59.7, -14.7)"
+    assert T.format_cell({**one, "ours_low": np.nan, "ours_high": np.nan}) == "45.0 (59.7, -14.7)"  # no per-query
+    assert T.format_cell({**one, "paper": np.nan, "within_noise": False}) == "45.0 [38.0, 52.0]"
     assert T.format_cell({**base, "n_seeds": 0, "ours": np.nan}) == "n/a (59.7)"
     assert T.format_cell({**base, "own": 0, "ours": np.nan}) == "59.7"
     assert T.format_cell({**base, "own": 0, "paper": np.nan}) == "-"
@@ -237,7 +249,7 @@ def test_write_table_files(tmp_path, study, metrics, paper):
     for text in (md, html, tex):
         assert "synthetic-data numbers from the ci preset" in text
         assert "Occluded-DukeMTMC" in text
-    assert f"45.0 ± 2.6 (59.7) {T.NOISE_MARK}" in md
+    assert f"45.0 ± 2.6 n=3 (59.7) {T.NOISE_MARK}" in md
     assert "55.0 (58.2, -3.2)" in md  # single-seed MHSA-Net† cell
     assert "| 40.5 " in md  # reference row: paper value only
     assert 'colspan="4"' in html and r"\multicolumn{4}{c}{Occluded-DukeMTMC}" in tex
@@ -302,7 +314,7 @@ def test_paper_text_vs_public_code_table(readings, paper, tmp_path):
         "Baseline (public code)", "MHSA-Net (K=8) (public code)", "MHSA-Net† (K=8) (public code)"]
     cells = {
         ("Baseline (paper text)", "market1501"): "market1501__baseline__s0",
-        ("Baseline (public code)", "occluded_duke"): "occluded_duke__baseline-a.f.k.ls.co.in__s0",
+        ("Baseline (public code)", "occluded_duke"): "occluded_duke__baseline-a.f.k.m.ls.co.sa.in__s0",
         ("MHSA-Net (K=8) (paper text)", "occluded_duke"):
             "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001__s0",
         ("MHSA-Net† (K=8) (public code)", "market1501"):
@@ -329,7 +341,7 @@ def test_one_difference_at_a_time_table(readings, paper):
     study, ids, root = readings
     df = T.tidy_table(study, "XIII", T.load_metrics(root), paper)
     rows = list(dict.fromkeys(df.row))
-    assert len(rows) == 19 and rows[0] == "paper text" and (df.n_seeds == 1).all()
+    assert len(rows) == 21 and rows[0] == "paper text" and (df.n_seeds == 1).all()
     base = "occluded_duke__mhsam-K8-fdrt0.0001-ihtl1-acm0.001g0.001"
     for row, cid in [("paper text", f"{base}__s0"), ("+ (a) alpha softmax over positions", f"{base}-a.a__s0"),
                      ("+ (h) Euclidean distances in the triplets", f"{base}-a.h__s0"),
