@@ -140,7 +140,7 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         metrics = json.loads((results / "runs" / r.info.run_name / "metrics.json").read_text())
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "Train/loss")]
         assert sorted(set(steps)) == list(range(1, metrics["train"]["epochs"] + 1))
         assert r.data.tags["feeds"] and r.data.tags["git_sha"]
         assert "attention.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
