@@ -320,15 +320,17 @@ def checkpoint_dir(wildcards):
 
 
 # ----------------------------------------------------------------------------- study file
-def write_study_file(path):
+def write_study_file(path, log):
     """STUDY's plain data (`Study.to_data`) as JSON, atomically: workflow/scripts/tables.py rebuilds the
     study from it (`Study.from_data`). The `study` rule's param is the digest of the same data.
     """
-    from mhsa.io import atomic_write_json
+    from mhsa.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(path, STUDY.to_data())
-    logger.info(
-        f"study {STUDY.digest()} ({len(CELLS)} cells, tables {', '.join(TABLES)}) in {path}"
+    atomic_write_text(
+        log,
+        f"study {STUDY.digest()}: {len(CELLS)} cells, tables {', '.join(TABLES)}, "
+        f"figures {', '.join(FIGURES)} -> {path}\n",
     )
 
 

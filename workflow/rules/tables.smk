@@ -12,10 +12,12 @@ localrules:
 rule study:
     output:
         STUDY_FILE,
+    log:
+        f"{RESULTS}/logs/study.log",
     params:
         digest=STUDY.digest(),
     run:
-        write_study_file(output[0])
+        write_study_file(output[0], log[0])
 
 
 rule tables:
