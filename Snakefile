@@ -43,6 +43,7 @@ onstart:
 
 onsuccess:
     stop_warm_worker()
+    where_to_look()
 
 
 onerror:

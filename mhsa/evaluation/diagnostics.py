@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "attention_entropy", "attention_overlap", "embedding_overlap", "branch_metrics",
-    "loss_weights", "weighted_loss_curves", "cell_diagnostics", "flat_metrics", "weighted_loss_steps",
+    "loss_weights", "weighted_loss_curves", "cell_diagnostics",
 ]
 
 _HEAD_RE = re.compile(r"^head([1-9][0-9]*)$")
@@ -167,34 +167,3 @@ def cell_diagnostics(attention: Mapping, metrics: Mapping, loss_cfg=None) -> dic
     if metrics.get("history"):
         out["losses"] = weighted_loss_curves(metrics["history"], loss_cfg)
     return out
-
-
-def flat_metrics(diag: Mapping) -> dict:
-    """Scalars for MLflow: ``diag.attention.*``, ``diag.<target>.<branch>.rank1|mAP``,
-    ``diag.loss_share.<term>`` (last epoch)."""
-    att, flat = diag["attention"], {}
-    flat["diag.attention.entropy_norm_mean"] = att["entropy_norm_mean"]
-    for key in ("overlap_mean", "fdrt_overlap"):
-        if key in att:
-            flat[f"diag.attention.{key}"] = att[key]
-    for i, h in enumerate(att["entropy_norm"], 1):
-        flat[f"diag.attention.entropy_norm.head{i}"] = h
-    if "branches" in diag:
-        t = diag["branches"]["target"]
-        for mode, r in diag["branches"]["branches"].items():
-            if mode != "heads":
-                flat.update({f"diag.{t}.{mode}.rank1": r["rank1"], f"diag.{t}.{mode}.mAP": r["mAP"]})
-    if "losses" in diag and diag["losses"]["epochs"]:
-        for term, share in diag["losses"]["share"].items():
-            if math.isfinite(share[-1]):
-                flat[f"diag.loss_share.{term}"] = share[-1]
-    return flat
-
-
-def weighted_loss_steps(diag: Mapping) -> list:
-    """[(epoch, {"diag.weighted.<term>": value})] for MLflow's step-wise logging."""
-    losses = diag.get("losses")
-    if not losses:
-        return []
-    return [(e, {f"diag.weighted.{t}": v[i] for t, v in losses["weighted"].items() if math.isfinite(v[i])})
-            for i, e in enumerate(losses["epochs"])]

@@ -1,9 +1,11 @@
 """Replay finished cells into the MLflow store: `python -m mhsa sync-mlflow RESULTS_DIR`.
 
 A cell that trained while the store was down (or with tracking off) still has everything in its
-run directory: `metrics.json` (config, per-epoch history, final metrics, environment),
+run directory: `metrics.json` (config, per-epoch history, final metrics, diagnostics, environment),
 `config.yaml` and `attention.png`. This module writes them into the store as the cell's run, the
-same names and steps `mhsa.run.train` logs. It is idempotent: the cell's run is found by the run id in
+same params, names, steps, description and `diagnostics.json` artifact `mhsa.run.train` logs (both take
+them from mhsa.run.run_metrics). The rows a cell feeds and its headline pair are the tables step's
+(`snakemake --forcerun tables` once the store is up). It is idempotent: the cell's run is found by the run id in
 metrics.json, else by experiment + tag `cell=<cell id>` (the tag training runs carry), and only
 missing params, metric points and artifacts are added, so running it twice changes nothing.
 A cell being trained right now (its run dir is locked) is skipped.
@@ -12,7 +14,6 @@ A cell being trained right now (its run dir is locked) is skipped.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -20,41 +21,12 @@ from mhsa.config import flatten
 from mhsa.errors import ResultsError
 from mhsa.run.cell_lock import is_locked
 from mhsa.run.results import corrupt, raise_all, read_metrics
+from mhsa.run.run_metrics import DIAGNOSTICS_ARTIFACT, cell_note, effective_config, metric_points
 from mhsa.run.tracking import default_uri, init_store
 
 log = logging.getLogger("mhsa.run.sync")
 
 ARTIFACTS = ("config.yaml", "metrics.json", "attention.png")
-
-
-def _name(key: str) -> str:
-    return key.replace("@", "_at_")  # as CellTracker.log_metrics: MLflow names allow no "@"
-
-
-def _number(v) -> bool:
-    return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def final_metrics(metrics: dict) -> dict[str, float]:
-    """The final numbers of a metrics.json as MLflow metrics (logged at the last epoch):
-    `<test set>.<mode>.<metric>` and `train.<key>`. `mhsa.run.train` logs these, `sync-mlflow` replays them."""
-    final = {f"{t}.{mode}.{k}": float(v) for t, modes in metrics.get("eval", {}).items()
-             for mode, ms in modes.items() for k, v in ms.items() if _number(v)}
-    final.update({f"train.{k}": float(v) for k, v in metrics.get("train", {}).items() if _number(v)})
-    return final
-
-
-def metric_points(metrics: dict) -> dict[str, dict[int, float]]:
-    """metric name -> {step: value}: per-epoch history, then the final metrics at the last epoch."""
-    points: dict[str, dict[int, float]] = {}
-    for row in metrics.get("history", []):
-        for k, v in row.items():
-            if k != "epoch" and _number(v):
-                points.setdefault(_name(k), {})[int(row["epoch"])] = float(v)
-    last = int(metrics["train"]["epochs"])
-    for k, v in final_metrics(metrics).items():
-        points.setdefault(_name(k), {})[last] = v
-    return points
 
 
 def _find_run(client, exp_id: str, cell: str, run_id: str | None):
@@ -75,6 +47,7 @@ def _tags(metrics: dict, run_dir: Path) -> dict[str, str]:
     cfg, train = metrics["config"], metrics["train"]
     env = {k: str(v) for k, v in train.items() if isinstance(v, str)}
     return {"cell": metrics["cell"], "dataset": cfg["data"]["dataset"], **env,
+            "mlflow.note.content": cell_note(cfg, str(train.get("device", "cpu"))),
             **{k: str(v) for k, v in (cfg.get("tracking", {}).get("tags") or {}).items()},
             "synced_from": str(run_dir.resolve())}
 
@@ -83,9 +56,14 @@ def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
     """Log the params, metric points and artifacts the run lacks; returns how many items were added."""
     from mlflow.entities import Metric, Param
 
-    have = client.get_run(run_id).data.params
-    # As CellTracker.start: tracking settings are tags, not hyperparameters.
-    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(metrics["config"]).items())
+    run = client.get_run(run_id)
+    have, device = run.data.params, str(metrics["train"].get("device", "cpu"))
+    note = "mlflow.note.content" not in run.data.tags  # a run whose tracking failed before it was described
+    if note:
+        client.set_tag(run_id, "mlflow.note.content", cell_note(metrics["config"], device))
+    # As mhsa.run.train: the config as it ran; tracking settings are tags, not hyperparameters.
+    ran = effective_config(metrics["config"], device)
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(ran).items())
               if k not in have and not k.startswith("tracking.")]
     now, new = int(time.time() * 1000), []
     for key, steps in metric_points(metrics).items():
@@ -99,7 +77,10 @@ def _add_missing(client, run_id: str, metrics: dict, run_dir: Path) -> int:
     files = [run_dir / n for n in ARTIFACTS if (run_dir / n).exists() and n not in stored]
     for f in files:
         client.log_artifact(run_id, str(f))
-    return len(params) + len(new) + len(files)
+    diag = DIAGNOSTICS_ARTIFACT not in stored and metrics.get("diagnostics")
+    if diag:
+        client.log_dict(run_id, diag, DIAGNOSTICS_ARTIFACT)
+    return len(params) + len(new) + len(files) + bool(diag) + note
 
 
 def sync_cell(client, run_dir: Path, exp_ids: dict[str, str], metrics: dict | None = None) -> str:

@@ -54,6 +54,11 @@ _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _OPEN_STATUSES = ("RUNNING", "SCHEDULED", "KILLED", "FAILED")
 
 
+def mlflow_name(key: str) -> str:
+    """MLflow names allow [A-Za-z0-9_-. :/] only: "mAP@50" is logged as "mAP_at_50"."""
+    return key.replace("@", "_at_")
+
+
 # ------------------------------------------------------------------------------- the store
 def store_failed(uri: str, what: str, err, consequence: str) -> None:
     """The one policy for a tracking store that fails: training and tables never stop for it; one
@@ -248,30 +253,83 @@ def find_runs(client, exp_id: str, tags: dict, statuses: tuple | None = None) ->
     return [r for r in runs if statuses is None or r.info.status in statuses]
 
 
-def study_parent(client, exp_id: str, study: dict, create: bool = False) -> str | None:
-    """The study's parent run id (created when asked and absent)."""
+NOTE = "mlflow.note.content"  # the description of a run or an experiment that MLflow's UI shows
+
+
+def study_run_name(study: dict) -> str:
+    return f"study {study.get('mhsa.preset', '')}".strip()
+
+
+def study_parent(client, exp_id: str, study: dict, create: bool = False, tags: dict | None = None) -> str | None:
+    """The study's parent run id (created when asked and absent, with `tags` beside the study's own and
+    MLflow's standard ones: the git commit, the user and `tags`' source name and description)."""
     runs = find_runs(client, exp_id, {"mhsa.study": study["mhsa.study"], "mhsa.role": "study"})
     if runs:
         return runs[-1].info.run_id  # the first one created, should two ever exist
     if not create:
         return None
-    tags = {**study, "mhsa.role": "study", **standard_tags({})}
-    run = _retry(client.create_run, exp_id, run_name=f"study {study.get('mhsa.preset', '')}".strip(),
-                 tags=tags)
+    tags = {**study, "mhsa.role": "study", **standard_tags({"git_sha": git_sha()}), **(tags or {})}
+    run = _retry(client.create_run, exp_id, run_name=study_run_name(study), tags=tags)
     return run.info.run_id
 
 
+def git_sha() -> str:
+    from mhsa.run.provenance import git_sha as sha
+
+    return sha()
+
+
 def init_store(uri: str, experiment_names: list[str], study: dict | None = None,
-               results_dir: str | Path = "results") -> dict:
-    """Create the database (its migrations once), the experiments and each one's study parent
-    run before parallel jobs start. Returns {experiment: parent run id or None}."""
-    parents = {}
+               results_dir: str | Path = "results", parent_tags: dict | None = None,
+               experiment_note: str | None = None) -> dict:
+    """Create the database (its migrations once), the experiments (with `experiment_note` as their
+    description) and each one's study parent run (`parent_tags`: study_parent) before parallel jobs
+    start. Returns {experiment: (experiment id, parent run id or None)}."""
+    out = {}
     with store_lock(uri):
         client = _client(uri)
         for name in experiment_names:
             exp_id = _experiment_id(client, name, results_dir)
-            parents[name] = study_parent(client, exp_id, study, create=True) if study else None
-    return parents
+            if experiment_note:
+                _retry(client.set_experiment_tag, exp_id, NOTE, experiment_note)
+            out[name] = (exp_id, study_parent(client, exp_id, study, create=True, tags=parent_tags) if study else None)
+    return out
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI, in its "Model training" mode: MLflow 3 opens the
+    GenAI mode (an empty traces overview) unless the URL asks for `workflowType=machine_learning`."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+UI_PORT = 5000  # `mlflow ui`'s default, written out so that the command and the URL agree
+
+
+def ui_pointer(uri: str, experiment_id: str | None, from_env: bool = False) -> list[str]:
+    """How to open a store's runs table: (the command to start the UI, when one is needed) and the URL.
+
+    A tracking server (http/https) is its own UI. Any other store is opened with `mlflow ui` on this
+    machine; a URI that came from MLFLOW_TRACKING_URI (`from_env`) is referred to by the variable, not
+    echoed (a database URI may hold a password)."""
+    if uri_scheme(uri) in ("http", "https"):
+        return ["", runs_table_url(uri, experiment_id) if experiment_id else uri]
+    store = '"$MLFLOW_TRACKING_URI"' if from_env and uri_scheme(uri) != "sqlite" else uri
+    base = f"http://127.0.0.1:{UI_PORT}"
+    return [f"mlflow ui --backend-store-uri {store} --port {UI_PORT}",
+            runs_table_url(base, experiment_id) if experiment_id else base]
+
+
+def experiment_ids(uri: str, names: list[str]) -> dict:
+    """{experiment name: id} of those that exist in the store ({} when it cannot be read)."""
+    try:
+        if check_store(uri):
+            return {}
+        client = _client(uri)
+        exps = {n: _retry(client.get_experiment_by_name, n) for n in names}
+        return {n: e.experiment_id for n, e in exps.items() if e is not None}
+    except Exception as err:  # a pointer for the user: never fail a finished run for it
+        log.warning("could not read the experiments of %s: %s", uri, err)
+        return {}
 
 
 def dataset_inputs(params: dict) -> list:
@@ -395,8 +453,7 @@ class CellTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        # MLflow names allow [A-Za-z0-9_-. :/] only: "mAP@50" is logged as "mAP_at_50"
-        items = [Metric(k.replace("@", "_at_"), float(v), now, step) for k, v in metrics.items() if v == v]
+        items = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items() if v == v]
         self._call("logging metrics", self._client.log_batch, self.run_id, metrics=items)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -404,30 +461,39 @@ class CellTracker:
             self._call(f"logging artifact {path}", self._client.log_artifact, self.run_id, str(path),
                        artifact_path)
 
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        if self.enabled and self.run_id is not None:
+            self._call(f"logging artifact {artifact_file}", self._client.log_dict, self.run_id, data, artifact_file)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id is not None:
             self._call("closing the run", self._client.set_terminated, self.run_id, status)
 
 
 def log_run_artifacts(uri: str | None, runs) -> int:
-    """Attach files and tags to finished runs: `runs` yields (run_id, paths, tags) (the figures step
-    logs each cell's attention overlay and the rows it feeds). One client for all runs. Runs absent
+    """Attach files, tags and metrics to finished runs: `runs` yields (run_id, paths, tags) or (run_id,
+    paths, tags, {metric: (value, step)}) (the figures step logs each cell's attention overlay, the rows it
+    feeds and its headline pair). One client for all runs. Runs absent
     from the store are skipped and named in one warning; any other store failure is warned about
     once and the rest is skipped (a down server would cost its HTTP retries per call): figures
     never fail because tracking does. Returns the number of runs updated."""
     uri = uri or default_uri()
     done, missing = 0, []
     try:
-        from mlflow.entities import RunTag
+        from mlflow.entities import Metric, RunTag
         from mlflow.exceptions import MlflowException
 
         client = _client(uri)
-        for run_id, paths, tags in runs:
+        for run_id, paths, tags, *rest in runs:
             if not run_id:
                 continue
+            now = int(time.time() * 1000)
+            values = rest[0] if rest else {}
+            metrics = [Metric(mlflow_name(k), float(v), now, step) for k, (v, step) in values.items()]
             try:
-                if tags:
-                    _retry(client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+                if tags or metrics:
+                    _retry(client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+                           metrics=metrics)
                 for path in paths:
                     _retry(client.log_artifact, run_id, str(path))
             except MlflowException as err:
@@ -459,9 +525,15 @@ def log_job_log(uri: str | None, run_id: str | None, path: str | Path) -> None:
         store_failed(uri, f"attaching the job log {path} to run {run_id}", err, "The cell is finished")
 
 
-def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs: dict) -> list[str]:
-    """Log the tables and figures (dirs: {artifact path: local dir}) to each study parent run and
-    mark it FINISHED. Returns the parent run ids; a store that is down is reported, not raised."""
+def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs: dict, params: dict | None = None,
+                      metrics: dict | None = None, tags: dict | None = None) -> list[str]:
+    """Log the tables and figures (dirs: {artifact path: local dir}), `params`, `metrics` and `tags` (the
+    description, source, ...) to each study parent run and mark it FINISHED. MLflow params are written
+    once: a param the run already holds with another value (the config changed since) keeps its first
+    value, and the change is said in the log (`tags` carry the current ones). Returns the parent run ids;
+    a store that is down is reported, not raised."""
+    from mlflow.entities import Metric, Param, RunTag
+
     uri = uri or default_uri(study.get("mhsa.results_dir", "results"))
     parents = []
     try:
@@ -469,9 +541,19 @@ def log_study_outputs(uri: str | None, experiments: list[str], study: dict, dirs
         if problem:
             raise ConnectionError(f"not reachable ({problem})")
         client, _ = open_store(uri, experiments[0], study.get("mhsa.results_dir", "results"))
+        now = int(time.time() * 1000)
         for name in experiments:
             exp_id = _experiment_id(client, name, study.get("mhsa.results_dir", "results"))
-            parent = study_parent(client, exp_id, study, create=True)
+            parent = study_parent(client, exp_id, study, create=True, tags=tags)
+            have = _retry(client.get_run, parent).data.params
+            changed = {k: (have[k], str(v)) for k, v in (params or {}).items() if k in have and have[k] != str(v)}
+            if changed:
+                log.warning("study run %s keeps its first params (MLflow params are written once); now: %s", parent,
+                            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+            _retry(client.log_batch, parent,
+                   params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items() if k not in have],
+                   metrics=[Metric(mlflow_name(k), float(v), now, 0) for k, v in (metrics or {}).items() if v == v],
+                   tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
             for artifact_path, local in dirs.items():
                 if Path(local).is_dir() and any(Path(local).iterdir()):
                     _retry(client.log_artifacts, parent, str(local), artifact_path)

@@ -42,7 +42,7 @@ from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError, DeviceError
 from mhsa.evaluation import evaluate_modes_per_query, extract_features
-from mhsa.evaluation.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
+from mhsa.evaluation.diagnostics import cell_diagnostics
 from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.evaluation.per_query import to_json as per_query_json
 from mhsa.io import atomic_write, atomic_write_json, atomic_write_text
@@ -59,7 +59,14 @@ from mhsa.run.checkpoint import (
 from mhsa.run.optim import lr_at, make_optimizer, set_lr
 from mhsa.run.progress import Progress
 from mhsa.run.provenance import environment
-from mhsa.run.sync import final_metrics
+from mhsa.run.run_metrics import (
+    DIAGNOSTICS_ARTIFACT,
+    cell_note,
+    effective_config,
+    epoch_metrics,
+    eval_metrics,
+    final_metrics,
+)
 from mhsa.run.tracking import CellTracker, run_key
 
 log = logging.getLogger("mhsa.run.train")
@@ -384,10 +391,12 @@ def open_tracker(cell: Cell, tracking_uri: str | None) -> CellTracker:
 
 def start_run(cell: Cell, tracker: CellTracker, env: dict) -> None:
     cfg = cell.cfg
+    config, device = cfg.to_dict(), str(cell.device)
     tags = {"cell": cfg.name, "mhsa.run_key": run_key(cfg, cell.ckpt_dir), "dataset": cfg.data.dataset,
-            "device": str(cell.device), **env,
+            "device": device, "mlflow.note.content": cell_note(config, device), **env,
             **{k: str(v) for k, v in cfg.tracking.tags.items()}}
-    cell.run_id = tracker.start(cfg.name, cfg.to_dict(), tags, resume_run_id=cell.run_id)
+    # params: what ran (mhsa.run.run_metrics.effective_config: a CPU run records amp off)
+    cell.run_id = tracker.start(cfg.name, effective_config(config, device), tags, resume_run_id=cell.run_id)
     if cell.run_id:
         atomic_write_text(cell.run_id_file, cell.run_id)
 
@@ -482,11 +491,10 @@ def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
     cfg, epoch = cell.cfg, cell.epoch
     log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
              "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-    tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    tracker.log_metrics(epoch_metrics(row, cfg.loss), step=epoch)  # Train/... (mhsa.run.run_metrics)
     if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cfg.optim.epochs:
         mid = evaluate_cell(cfg, cell.model, cell.targets, cell.device)
-        tracker.log_metrics({f"{t}.{mode}.{k}": v for t, r in mid.items() for mode, ms in r.items()
-                             for k, v in ms.items() if k in ("rank1", "mAP")}, step=epoch)
+        tracker.log_metrics(eval_metrics(mid, only=("rank1", "mAP")), step=epoch)
     if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.optim.epochs:
         save_checkpoint(cell.ckpt_path, checkpoint_state(cell))
 
@@ -530,9 +538,8 @@ def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Pat
     save_config(cfg, out_dir / "config.yaml")
     if not tracker.enabled:
         return
-    tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)  # the names sync-mlflow replays
-    tracker.log_metrics(flat_metrics(metrics["diagnostics"]), step=cfg.optim.epochs)
-    for epoch, values in weighted_loss_steps(metrics["diagnostics"]):
-        tracker.log_metrics(values, step=epoch)
+    # eval/, diag/ and run/ at the last epoch: the names and steps sync-mlflow replays (mhsa.run.run_metrics)
+    tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)
+    tracker.log_dict(metrics["diagnostics"], DIAGNOSTICS_ARTIFACT)  # per head: entropy, mass, overlap, scores
     for name in ("config.yaml", "metrics.json"):
         tracker.log_artifact(out_dir / name)

@@ -166,6 +166,16 @@ class Study:
         config = {k: v for k, v in self.config.items() if k != "presets"}
         return {"config": config, "cells": cells, "rows": [asdict(r) for r in self.rows]}
 
+    def digest(self) -> str:
+        """12 hex digits of the study's plain data: what its tables and figures are made from (the
+        workflow's study file is rewritten only when it changes; the study's MLflow run records it)."""
+        return sha1(json.dumps(self.to_data(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def headline(self, cell_id: str) -> RowRef | None:
+        """The first row that reports the cell (its test set and mode give the cell's headline Rank-1
+        and mAP in MLflow, the same two names in every run: mhsa.study.tracking)."""
+        return next((r for r in self.rows if cell_id in r.cells), None)
+
     @classmethod
     def from_data(cls, data: dict) -> Study:
         cells = {c["id"]: Cell(**{**c, "targets": {t: set(m) for t, m in c["targets"].items()}})

@@ -9,12 +9,15 @@ Matplotlib-free, and below mhsa.study.build (which calls `check_plot_specs` on t
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 from mhsa.errors import ConfigError
 from mhsa.study.keys import FIGURE_PLOT_KINDS, KNOBS, TABLE_PLOT_KINDS
 
 KINDS = {"figures": FIGURE_PLOT_KINDS, "tables": TABLE_PLOT_KINDS}
+# `figures.<id>.plot.colors`: "#rrggbb" or a colour of matplotlib's tab10 (the schema repeats it)
+COLOUR_PATTERN = r"^(#[0-9a-fA-F]{6}|tab:(blue|orange|green|red|purple|brown|pink|gray|olive|cyan))$"
 
 
 def plot_spec(study, section: str, entry_id: str) -> dict | None:
@@ -82,13 +85,39 @@ def sweep_panels(study, table_id: str) -> list[SweepPanel]:
 
 
 
+def attention_kind(study, cell_id: str, heads: int) -> str:
+    """What an attention grid's column shows for a cell: the Baseline (no MHSAM) has no heads, its map is
+    the backbone's activation map (mhsa.run.train.attention_maps); with MHSAM, the max over its heads."""
+    knobs = study.cells[cell_id].knobs if cell_id in study.cells else {}
+    return f"max of {heads} heads" if knobs.get("mhsam", heads > 1) else "activation map"
+
+
+def series_colours(study, fig_id: str) -> list | None:
+    """`figures.<id>.plot.colors`, one per series (None: the plot's default palette); a ConfigError
+    names a colour that is not `#rrggbb` or tab10's, or a count that is not the series'."""
+    spec = study.config["figures"][fig_id]
+    colours = (spec.get("plot") or {}).get("colors")
+    if colours is None:
+        return None
+    where = f"config.yaml: figures.{fig_id}.plot.colors"
+    bad = [c for c in colours if not isinstance(c, str) or not re.match(COLOUR_PATTERN, c)]
+    if bad:
+        raise ConfigError(f"{where}: {bad} are not colours; use '#rrggbb' or tab:blue, tab:orange, ...")
+    n = len(spec.get("series") or [])
+    if len(colours) != n:
+        raise ConfigError(f"{where} has {len(colours)} colour(s) for {n} series; give one per series, in order")
+    return list(colours)
+
+
 def check_plot_specs(study) -> None:
     """Every figure has a `plot:` of a known kind, every table's `plot:` is of a known kind, and every
     parameter sweep's panels name knobs and an x axis; a ConfigError naming the entry otherwise."""
     for fid in study.figure_ids():
-        if plot_spec(study, "figures", fid) is None:
+        plot = plot_spec(study, "figures", fid)
+        if plot is None:
             raise ConfigError(f"config.yaml: figures.{fid} has no `plot: {{kind: ...}}`; kinds are "
                               f"{sorted(FIGURE_PLOT_KINDS)}")
+        series_colours(study, fid)
     for tid in study.table_ids():
         plot = plot_spec(study, "tables", tid)
         if plot is not None and plot["kind"] == "param_sweep":

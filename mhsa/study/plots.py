@@ -13,7 +13,7 @@ Each entry of `figures:` names its `plot.kind`; a table with a `plot:` entry is 
 
 `save_attention_overlay` draws one cell's heads (`results/runs/<cell>/attention.png`).
 
-    python -m mhsa plots --config config.yaml [--preset demo] --runs results/runs --out results/figures
+    python -m mhsa plots [--config config.yaml] [--preset ci] [--runs results/ci/runs] [--out results/ci/figures]
 """
 
 from __future__ import annotations
@@ -36,13 +36,19 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from mhsa.errors import (
-    cli_errors,  # noqa: E402
-)
+from mhsa.errors import cli_errors  # noqa: E402
+from mhsa.evaluation.diagnostics import attention_entropy  # noqa: E402
 from mhsa.io import atomic_write_bytes  # noqa: E402
 from mhsa.run.results import read_attention  # noqa: E402
 from mhsa.study.build import Study, build_study, load_study_config, table_number  # noqa: E402
-from mhsa.study.figure_specs import SweepPanel, check_plot_specs, plot_spec, sweep_panels  # noqa: E402
+from mhsa.study.figure_specs import (  # noqa: E402
+    SweepPanel,
+    attention_kind,
+    check_plot_specs,
+    plot_spec,
+    series_colours,
+    sweep_panels,
+)
 from mhsa.study.tables import (  # noqa: E402
     DATASET_NAMES,
     METRIC_NAMES,
@@ -50,6 +56,8 @@ from mhsa.study.tables import (  # noqa: E402
     load_paper,
     require_runs,
     seed_values,
+    study_arguments,
+    study_dirs,
     synthetic_banner,
 )
 
@@ -70,7 +78,9 @@ def _suptitle(fig, title: str, study: Study | None) -> None:
     if study is not None and study.config.get("data_source") == "synthetic":
         title += "\n" + synthetic_banner(str(study.config.get("preset", "demo")))
     width = max(24, int(fig.get_figwidth() * 13))  # ~characters per line at fontsize 10
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=10)
+    # never inside a word: "Occluded-DukeMTMC" is one name
+    fig.suptitle("\n".join(textwrap.fill(line, width, break_on_hyphens=False, break_long_words=False)
+                           for line in title.splitlines()), fontsize=10)
 
 
 def _arch(cid: str) -> str:
@@ -151,6 +161,23 @@ def _k_sweep_panel(ax, ours, pts, series, palette, band: str) -> None:
         ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
 
 
+def star_note(fig_id: str, series: list, ks: list, pts: pd.DataFrame) -> str:
+    """Why a series has stars at some K only: the paper prints no numbers in its K-sweep figures, so a
+    star is a number of one of its tables that reports the same model (paper_points_for_series)."""
+    parts = []
+    for s in series:
+        ps = pts[pts["series"] == s]
+        at = sorted({int(k) for k in ps["K"]})
+        if not at:
+            parts.append(f"{s}: none")
+            continue
+        where = ", ".join(dict.fromkeys(src.split(" / ")[0] for src in ps.sort_values("K")["source"]))
+        span = "every K" if at == sorted(ks) else "K=" + ",".join(map(str, at))
+        parts.append(f"{s}: {span} ({where})")
+    return (f"Paper stars only where a table of the paper reports the same model (Fig. {fig_id} prints no "
+            f"numbers): " + "; ".join(parts) + ".")
+
+
 def plot_k_sweep(
     study: Study,
     fig_id: str,
@@ -159,7 +186,10 @@ def plot_k_sweep(
     out_path: str | Path,
     band: str = "sd",
 ) -> Path:
-    """A K-sweep figure: a panel per metric (rows) x data set (columns); ours per series vs K."""
+    """A K-sweep figure laid out as the paper's: a row per data set, a column per metric, panels (a), (b),
+    ... in reading order (the paper's captions: (a) the first data set's Rank-1, (b) its mAP, ...); ours
+    per series against K, the paper's known points as stars (`star_note` says where they come from), the
+    series in `plot.colors` (the paper's colours) or tab10."""
     fig_id = str(fig_id)
     plot_spec(study, "figures", fig_id)
     spec = study.config["figures"][fig_id]
@@ -168,26 +198,33 @@ def plot_k_sweep(
     ours = _long_frame(study, rows, metrics, lambda r: {"series": r.series, "K": r.K})
     pts = paper_points_for_series(study, fig_id, paper)
     series = list(dict.fromkeys(r.series for r in rows))
-    palette = dict(zip(series, sns.color_palette("tab10", len(series)), strict=True))
+    colours = series_colours(study, fig_id) or sns.color_palette("tab10", len(series))
+    palette = dict(zip(series, colours, strict=True))
     datasets, mets = list(spec["datasets"]), list(spec["metrics"])
     ks = sorted({r.K for r in rows if r.K is not None})
+    seeds = len(study.config.get("seeds", [0]))
 
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(len(mets), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(mets)),
+    fig, axes = plt.subplots(len(datasets), len(mets), figsize=(4.2 * len(mets), 3.2 * len(datasets)),
                              squeeze=False)
-    for i, m in enumerate(mets):
-        for j, d in enumerate(datasets):
+    for i, d in enumerate(datasets):
+        for j, m in enumerate(mets):
             ax = axes[i][j]
             sub = ours[(ours["dataset"] == d) & (ours["metric"] == m)] if len(ours) else ours
+            # the band: ±1 std over seeds (`band`); where the tables' uncertainty should come in
             _k_sweep_panel(ax, sub, pts[(pts["dataset"] == d) & (pts["metric"] == m)], series, palette, band)
-            _ax_labels(ax, f"{DATASET_NAMES.get(d, d)} - {METRIC_NAMES.get(m, m)}", "K (heads)", m)
+            letter = "abcdefghijklmnopqrstuvwxyz"[(i * len(mets) + j) % 26]
+            _ax_labels(ax, f"({letter}) {DATASET_NAMES.get(d, d)} - {METRIC_NAMES.get(m, m)}", "K (heads)", m)
             if ks:
                 ax.set_xticks(ks)
-    handles = [plt.Line2D([], [], color=palette[s], marker="o", label=f"{s} (ours)") for s in series]
+    mean = f"mean of {seeds} seeds, ±1 std band" if seeds > 1 else "1 seed: no spread shown"
+    handles = [plt.Line2D([], [], color=palette[s], marker="o", label=f"{s} (ours, {mean})") for s in series]
     handles += [_star(palette[s], f"{s} (paper)") for s in series]
-    fig.legend(handles=handles, loc="lower center", ncol=max(len(handles) // 2, 1), fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.045))
+    fig.text(0.5, 0.008, textwrap.fill(star_note(fig_id, series, ks, pts), 150), ha="center", va="bottom",
+             fontsize=7, color="#333")
     _suptitle(fig, f"Fig. {fig_id}: {spec.get('title', '')}", study)
-    fig.tight_layout(rect=(0, 0.09 * 2 / max(len(mets), 1), 1, 1))
+    fig.tight_layout(rect=(0, 0.16 * 2 / max(len(datasets), 1), 1, 1))
     return save_figure(fig, out_path)
 
 
@@ -225,16 +262,18 @@ def _sweep_axis(ax, table_id: str, panel: SweepPanel, dataset: str, metric: str,
     _ax_labels(ax, f"{DATASET_NAMES.get(dataset, dataset)} {METRIC_NAMES.get(metric, metric)}", panel.label, metric)
 
 
-def _sweep_legend(palette: dict) -> list:
+def _sweep_legend(palette: dict, references: dict) -> list:
+    """Handles per group: ours, the paper's, and the group's reference rows by name (`references`:
+    group -> the row names drawn as horizontal lines, e.g. "Baseline+MHSAM")."""
     handles = []
     for g, color in palette.items():
         label = "" if g == "ours" else f"{g} "
+        ref = " / ".join(references.get(g, [])) or "reference row"
         handles += [
             plt.Line2D([], [], color=color, marker="o", label=f"{label}ours"),
             plt.Line2D([], [], color=color, marker="*", linestyle="--", label=f"{label}paper"),
-            plt.Line2D([], [], color=color, linestyle=":", label=f"{label}reference row (paper)"),
-            plt.Line2D([], [], color=color, linestyle="-", linewidth=0.8, alpha=0.5,
-                       label=f"{label}reference row (ours)"),
+            plt.Line2D([], [], color=color, linestyle=":", label=f"{ref} (paper)"),
+            plt.Line2D([], [], color=color, linestyle="-", linewidth=0.8, alpha=0.5, label=f"{ref} (ours)"),
         ]
     return handles
 
@@ -263,8 +302,10 @@ def plot_param_sweep(
                "palette": dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))}
         for j, (d, m) in enumerate(cols):
             _sweep_axis(axes[i][j], table_id, panel, d, m, ctx)
-        if i == 0:
-            handles = _sweep_legend(ctx["palette"])
+        references = {g: list(dict.fromkeys(r.row for r in panel.reference if info(r)["group"] == g))
+                      for g in ctx["palette"]}
+        labels = {h.get_label() for h in handles}
+        handles += [h for h in _sweep_legend(ctx["palette"], references) if h.get_label() not in labels]
     fig.legend(handles=handles, loc="center right", fontsize=7)
     _suptitle(fig, f"Table {table_id}: {spec.get('title', '')}", study)
     fig.tight_layout(rect=(0, 0, 1 - 2.2 / width, 1))
@@ -395,20 +436,35 @@ def attention_series(study: Study, fig_id: str, dataset: str) -> list:
 
 
 def _load_attention(runs_dir: Path, cells: list):
-    """(images, alpha) of the first of `cells` (seeds) that has an attention.npz, else None."""
+    """(cell id, images, alpha) of the first of `cells` (seeds) that has an attention.npz, else None."""
     for cid in cells:
         path = runs_dir / cid / "attention.npz"
         if path.is_file():
             z = read_attention(path)
-            return z["images"], np.asarray(z["alpha"], dtype=np.float32)
+            return cid, z["images"], np.asarray(z["alpha"], dtype=np.float32)
     return None
 
 
+def mean_entropy(alpha: np.ndarray) -> float:
+    """Mean over images and heads of each head's map entropy over its h*w positions, divided by
+    log(h*w): 1 for a uniform map, lower for a focused one (as `diag/attention_entropy` in MLflow)."""
+    positions = int(np.prod(alpha.shape[2:]))
+    return float(attention_entropy(alpha).mean() / math.log(positions)) if positions > 1 else 1.0
+
+
+def _column_label(study: Study, label: str, cid: str, alpha: np.ndarray) -> str:
+    """The series, what its map is (the Baseline has no heads: its activation map), its mean entropy."""
+    return f"{label}\n{attention_kind(study, cid, alpha.shape[1])}\nH = {mean_entropy(alpha):.2f}"
+
+
 def plot_attention_grid(
-    study: Study, fig_id: str, dataset: str, runs_dir: str | Path, out_path: str | Path
+    study: Study, fig_id: str, dataset: str, runs_dir: str | Path, out_path: str | Path, per_line: int = 3
 ) -> Path:
-    """An attention-grid figure on one data set: the same query images, a column per series' cell
-    (max over heads); series without attention.npz are skipped, none at all raises FileNotFoundError."""
+    """An attention-grid figure on one data set, laid out as the paper's: groups of (query image,
+    one column per series' cell) side by side, `per_line` groups a line. A column is labelled with its
+    series, what its map is (max over the heads, or the Baseline's activation map) and its mean
+    attention entropy H over the images shown; one colour bar (each map scaled to its maximum). Series
+    without attention.npz are skipped; none at all raises FileNotFoundError."""
     fig_id, runs_dir = str(fig_id), Path(runs_dir)
     plot = plot_spec(study, "figures", fig_id) or {}
     loaded = []
@@ -421,26 +477,49 @@ def plot_attention_grid(
     if not loaded:
         raise FileNotFoundError(f"no attention.npz under {runs_dir} for the series of figure {fig_id} "
                                 f"on {dataset!r} (expected e.g. {runs_dir}/<cell>/attention.npz)")
-    imgs = _to_hwc(loaded[0][1])
-    n = min([plot.get("max_images", imgs.shape[0]), imgs.shape[0]] + [a.shape[0] for _, _, a in loaded])
+    imgs = _to_hwc(loaded[0][2])
+    n = min([plot.get("max_images", imgs.shape[0]), imgs.shape[0]] + [a.shape[0] for *_, a in loaded])
     H, W = imgs.shape[1:3]
+    groups = max(1, min(per_line, n))
+    lines = math.ceil(n / groups)
     cols = 1 + len(loaded)
-    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 2.4 * n), squeeze=False)
+    headers = ["query"] + [_column_label(study, label, cid, alpha[:n]) for label, cid, _, alpha in loaded]
+    tile_w = 0.85
+    tile_h = tile_w * H / W
+    # a narrow empty column between groups
+    ratios = [r for g in range(groups) for r in ([1.0] * cols + ([0.25] if g < groups - 1 else []))]
+    fig = plt.figure(figsize=(tile_w * sum(ratios) + 0.4, tile_h * lines + 2.3))
+    grid = fig.add_gridspec(lines, len(ratios), width_ratios=ratios, left=0.02, right=0.98,
+                            top=1 - 1.2 / (tile_h * lines + 2.3), bottom=0.95 / (tile_h * lines + 2.3),
+                            wspace=0.05, hspace=0.08)
     for i in range(n):
-        axes[i][0].imshow(imgs[i])
-        for j, (_, _, alpha) in enumerate(loaded, start=1):
-            # max over heads at feature resolution, then upsampled: the max of upsampled maps is
-            # convex between feature pixels and paints stripes that are not in the attention
-            axes[i][j].imshow(imgs[i])
-            axes[i][j].imshow(upsample_bilinear(alpha[i].max(axis=0), H, W), cmap="jet", alpha=0.5)
+        line, g = divmod(i, groups)
         for j in range(cols):
-            axes[i][j].set_xticks([])
-            axes[i][j].set_yticks([])
-            if i == 0:
-                axes[i][j].set_title("query" if j == 0 else loaded[j - 1][0], fontsize=7)
+            ax = fig.add_subplot(grid[line, g * (cols + 1) + j])
+            ax.imshow(imgs[i])
+            if j:
+                alpha = loaded[j - 1][3][i]
+                # max over heads at feature resolution, then upsampled: the max of upsampled maps is
+                # convex between feature pixels and paints stripes that are not in the attention
+                amap = upsample_bilinear(alpha.max(axis=0), H, W)
+                ax.imshow(amap / max(float(amap.max()), 1e-12), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if line == 0:
+                ax.set_title(headers[j], fontsize=7)
+    inch = 1.0 / (tile_h * lines + 2.3)  # figure fraction of an inch of height
+    bar = fig.add_axes((0.3, 0.42 * inch, 0.4, 0.12 * inch))
+    colorbar = fig.colorbar(matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), cmap="jet"),
+                            cax=bar, orientation="horizontal")
+    colorbar.set_label("attention, each map scaled to its maximum", fontsize=7)
+    bar.xaxis.set_label_position("top")
+    bar.tick_params(labelsize=6)
+    fig.text(0.5, 0.04 * inch, f"H: mean entropy of each head's map over its "
+             f"positions / log(positions), over the {n} images (1 = uniform, lower = more focused)",
+             ha="center", va="bottom", fontsize=6.5, color="#333")
     title = study.config["figures"][fig_id].get("title", "")
-    _suptitle(fig, f"Fig. {fig_id}: {title}\n{DATASET_NAMES.get(dataset, dataset)} (max over heads)", study)
-    fig.tight_layout()
+    name = DATASET_NAMES.get(dataset, dataset)
+    _suptitle(fig, f"Fig. {fig_id}: {title}" + ("" if name in title else f" ({name})"), study)
     return save_figure(fig, out_path)
 
 
@@ -491,22 +570,25 @@ def build_all_figures(
 
 
 def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mhsa plots", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--preset", default=None)
-    ap.add_argument("--runs", default="results/runs")
-    ap.add_argument("--out", default="results/figures")
-    ap.add_argument("--paper", default=None)
+    ap = argparse.ArgumentParser(
+        prog="python -m mhsa plots", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("The study's figures from the finished cells: every figure of the preset (the "
+                    "K sweeps and the attention grid), the parameter sweeps of the tables with a `plot:` entry, "
+                    "and each cell's attention overlay (<runs>/<cell>/attention.png). See docs/tables.md, "
+                    "\"Figures\".", 100),
+        epilog="It draws figures only: `python -m mhsa tables` writes the tables.\n"
+               "  python -m mhsa plots --preset ci           # results/ci/runs -> results/ci/figures")
+    study_arguments(ap, argv, "figures", "figures")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with cli_errors():
         study = build_study(load_study_config(args.config), args.preset)
-        require_runs(study, args.runs, load_metrics(args.runs, study.cells))
-        paths = build_all_figures(study, args.runs, args.out, args.paper)
+        runs, out = study_dirs(args, study, "figures")
+        require_runs(study, runs, load_metrics(runs, study.cells))
+        paths = build_all_figures(study, runs, out, args.paper)
         overlays = [overlay_from_npz(p, p.with_suffix(".png"))
-                    for p in (Path(args.runs) / c / "attention.npz" for c in study.cells) if p.is_file()]
-        print(f"wrote {len(paths)} figure(s) to {args.out} and {len(overlays)} attention overlay(s) under "
-              f"{args.runs}")
+                    for p in (runs / c / "attention.npz" for c in study.cells) if p.is_file()]
+        print(f"wrote {len(paths)} figure(s) to {out} and {len(overlays)} attention overlay(s) under {runs}")
     return 0
 
 

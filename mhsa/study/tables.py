@@ -8,7 +8,7 @@ row: difference, its interval, the test, its degrees of freedom and p-value), th
 paper's table (one line per method, a column group per data set) as CSV (tidy), Markdown, HTML and
 LaTeX. Intervals and tests: `mhsa.study.uncertainty`. See docs/tables.md.
 
-    python -m mhsa tables --config config.yaml [--preset demo] --runs results/runs --out results/tables
+    python -m mhsa tables [--config config.yaml] [--preset ci] [--runs results/ci/runs] [--out results/ci/tables]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -630,20 +631,64 @@ def build_all(
     return frames
 
 
+def _presets_of(argv: list | None) -> tuple[str, list, str | None]:
+    """(config path, its presets, its default preset) for the help text: the --config of the command
+    line (or config.yaml), read leniently; an unreadable file gives no list (the run itself says why)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default="config.yaml")
+    path = pre.parse_known_args(argv)[0].config
+    try:
+        config = load_study_config(path)
+        return path, list(config.get("presets") or {}), config.get("preset")
+    except Exception:  # noqa: BLE001  the help must print whatever the file holds
+        return path, [], None
+
+
+def study_arguments(ap: argparse.ArgumentParser, argv: list | None, what: str, out_dir: str) -> None:
+    """The options `python -m mhsa tables` and `python -m mhsa plots` share, each with its help."""
+    path, presets, default = _presets_of(argv)
+    listed = f"one of {', '.join(presets)} (the presets of {path})" if presets else f"a preset of {path}"
+    ap.add_argument("--config", default="config.yaml", metavar="YAML",
+                    help="the study's config (default: config.yaml): its tables, figures, rows and presets")
+    ap.add_argument("--preset", default=None, metavar="NAME",
+                    help=f"{listed}; default: the config's `preset:`" + (f" ({default})" if default else ""))
+    ap.add_argument("--runs", default=None, metavar="DIR",
+                    help="the finished cells, DIR/<cell>/metrics.json (default: the preset's results folder + "
+                         "/runs: results/runs for demo, results/<preset>/runs for the others)")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help=f"where the {what} go (default: the preset's results folder + /{out_dir})")
+    ap.add_argument("--paper", default=None, metavar="CSV",
+                    help="the paper's numbers (default: mhsa/study/paper_results.csv)")
+
+
+def study_dirs(args: argparse.Namespace, study: Study, out_dir: str) -> tuple[Path, Path]:
+    """(runs, out) of the command line, else under the preset's results folder."""
+    results = Path(str(study.config.get("results_dir", "results")))
+    return Path(args.runs or results / "runs"), Path(args.out or results / out_dir)
+
+
 def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mhsa tables", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--preset", default=None, help="demo | ci | paper (default: config's `preset`)")
-    ap.add_argument("--runs", default="results/runs")
-    ap.add_argument("--out", default="results/tables")
-    ap.add_argument("--paper", default=None, help="paper CSV (default: mhsa/study/paper_results.csv)")
+    ap = argparse.ArgumentParser(
+        prog="python -m mhsa tables", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("The paper's tables beside ours, from the finished cells' metrics.json: for each "
+                                  "table of "
+                    "the preset, table_<N>.csv (tidy), .md, .html and .tex (N = the table's arabic number), "
+                    "summary.md and summary.html (every table on one page). See docs/tables.md.", 100),
+        epilog="It writes tables only: `python -m mhsa plots` draws the figures, and the workflow's tables step "
+               "(snakemake tables) does both and logs them to the study's MLflow run.\n"
+               "  python -m mhsa tables --preset ci          # results/ci/runs -> results/ci/tables")
+    study_arguments(ap, argv, "tables", "tables")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with cli_errors():
+        from mhsa.study.report import write_summary_page  # it reads the tables this module writes
+
         study = build_study(load_study_config(args.config), args.preset)
-        require_runs(study, args.runs, load_metrics(args.runs, study.cells))
-        frames = build_all(study, args.runs, args.out, args.paper)
-        print(f"wrote {len(frames)} table(s) to {args.out}")
+        runs, out = study_dirs(args, study, "tables")
+        require_runs(study, runs, load_metrics(runs, study.cells))
+        frames = build_all(study, runs, out, args.paper)
+        write_summary_page(study, out)
+        print(f"wrote {len(frames)} table(s) and summary.md/.html to {out}")
     return 0
 
 

@@ -96,7 +96,7 @@ def _model_outputs(k: int = 4):
         return model(torch.randn(3, 3, 64, 32))
 
 
-def test_cell_diagnostics_on_model_outputs_and_flat_metrics():
+def test_cell_diagnostics_on_model_outputs():
     out = _model_outputs(4)
     att = {"alpha": out["alpha"].numpy(), "heads": out["heads"].numpy()}
     metrics = {"eval": {"occluded_duke": {"global": {"rank1": 50.0, "mAP": 40.0},
@@ -110,13 +110,7 @@ def test_cell_diagnostics_on_model_outputs_and_flat_metrics():
     assert all(0.0 <= e <= 1.0 + 1e-9 for e in a["entropy_norm"])
     assert a["fdrt_overlap"] == pytest.approx(float(fdrt(out["heads"])), rel=1e-5)
     assert diag["losses"]["share"]["triplet_residual"] == [pytest.approx(0.75)]
-    flat = D.flat_metrics(diag)
-    assert flat["diag.occluded_duke.head1.rank1"] == 25.0
-    assert flat["diag.loss_share.ce_global"] == pytest.approx(0.25)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
-    json.dumps(diag)  # goes into metrics.json as is
-    steps = D.weighted_loss_steps(diag)
-    assert steps == [(1, {"diag.weighted.ce_global": 2.0, "diag.weighted.triplet_residual": 6.0})]
+    json.dumps(diag)  # goes into metrics.json as is (and into the run's diagnostics.json artifact)
 
 
 def test_baseline_single_map_has_no_overlap():

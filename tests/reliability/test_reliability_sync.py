@@ -24,7 +24,7 @@ def _cell(results: Path, name: str, experiment: str, epochs: int) -> dict:
                                        "concat": {"rank1": 55.0, "mAP": float("nan")}}},
                "train": {"seconds": 12.5, "images_per_s": 99.0, "peak_mem_mb": 300.0, "epochs": epochs,
                          "device": "cpu", "mlflow_run_id": None, "git_sha": "abc"},
-               "history": history}
+               "history": history, "diagnostics": {"attention": {"entropy_norm_mean": 0.5, "entropy_norm": [0.5]}}}
     atomic_write_json(run_dir / "metrics.json", metrics)
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "attention.png").write_bytes(b"\x89PNG fake")
@@ -55,18 +55,22 @@ def _check_store(uri, metrics, experiment):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["cell"] == metrics["cell"]
     assert run.data.params.keys() == {k for k in flatten(metrics["config"]) if not k.startswith("tracking.")}
+    assert run.data.params["amp"] == "off"  # what ran on the CPU, not the recipe's bf16
+    assert "Train/loss" in run.data.tags["mlflow.note.content"]  # the run's description
     epochs = metrics["train"]["epochs"]
-    for key in ("loss", "ce", "lr", "images_per_s"):
-        hist = client.get_metric_history(run.info.run_id, key)
+    for key, name in (("loss", "Train/loss"), ("ce", "Train/loss.ce"), ("lr", "Train/lr"),
+                      ("images_per_s", "Train/speed")):
+        hist = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in hist) == list(range(1, epochs + 1))
         assert [m.value for m in sorted(hist, key=lambda m: m.step)] == [r[key] for r in metrics["history"]]
-    for key, value in (("market1501.global.rank1", 50.0), ("market1501.global.mAP_at_50", 1.0),
-                       ("train.seconds", 12.5), ("train.epochs", epochs)):
+    for key, value in (("eval/market1501/global/rank1", 50.0), ("eval/market1501/global/mAP_at_50", 1.0),
+                       ("run/seconds", 12.5), ("run/epochs", epochs), ("diag/attention_entropy", 0.5)):
         hist = client.get_metric_history(run.info.run_id, key)
         assert [(m.step, m.value) for m in hist] == [(epochs, value)]
-    assert client.get_metric_history(run.info.run_id, "market1501.concat.mAP") == []  # NaN is not logged
+    assert client.get_metric_history(run.info.run_id, "eval/market1501/concat/mAP") == []  # NaN is not logged
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "attention.png", "config.yaml", "metrics.json"]
+        "attention.png", "config.yaml", "diagnostics.json", "metrics.json"]
+    assert client.download_artifacts(run.info.run_id, "diagnostics.json")  # the per-head detail
     return run.info.run_id
 
 
@@ -104,14 +108,19 @@ def test_sync_completes_a_partly_tracked_run_without_duplicates(tmp_path, capsys
     assert _check_store(uri, m, "expC") == run.info.run_id
 
 
-def test_metric_points_match_what_training_logs():
-    from mhsa.run.sync import metric_points
+def test_metric_points_group_the_names_and_weight_the_terms():
+    """The names sync-mlflow replays (mhsa.run.run_metrics; training logs the same, see
+    tests/run/test_train.py::test_mlflow_run_holds_exactly_what_sync_replays)."""
+    from mhsa.run.run_metrics import metric_points
 
-    m = {"history": [{"epoch": 1, "loss": 2.0, "lr": 0.1}, {"epoch": 2, "loss": 1.0, "lr": 0.1}],
+    m = {"config": {"loss": {"lambda2": 0.5}},
+         "history": [{"epoch": 1, "loss": 2.0, "ihtl": 2.0, "lr": 0.1},
+                     {"epoch": 2, "loss": 1.0, "ihtl": 1.0, "lr": 0.1}],
          "eval": {"t": {"global": {"rank1": 9.0, "mAP@50": float("nan")}}},
          "train": {"epochs": 2, "seconds": 3.0, "device": "cpu", "ok": True}}
-    assert metric_points(m) == {"loss": {1: 2.0, 2: 1.0}, "lr": {1: 0.1, 2: 0.1}, "t.global.rank1": {2: 9.0},
-                                "train.epochs": {2: 2.0}, "train.seconds": {2: 3.0}}
+    assert metric_points(m) == {"Train/loss": {1: 2.0, 2: 1.0}, "Train/loss.ihtl": {1: 2.0, 2: 1.0},
+                                "Train/weighted.ihtl": {1: 1.0, 2: 0.5}, "Train/lr": {1: 0.1, 2: 0.1},
+                                "eval/t/global/rank1": {2: 9.0}, "run/epochs": {2: 2.0}, "run/seconds": {2: 3.0}}
 
 
 def test_sync_of_nothing_is_harmless(tmp_path, capsys):

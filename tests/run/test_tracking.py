@@ -114,7 +114,7 @@ def test_study_parent_child_tags_and_table_search(tmp_path, monkeypatch):
     assert len(children) == 3
     for run in children:
         tags = run.data.tags
-        assert tags["mlflow.parentRunId"] == parents["mhsa-ci"]
+        assert tags["mlflow.parentRunId"] == parents["mhsa-ci"][1]
         assert tags["mlflow.source.git.commit"] == "abc123"
         assert tags["slurm_job_id"] == "41" and tags["cuda_visible_devices"] == "1"
         assert tags["mlflow.user"] and tags["mlflow.source.name"]
@@ -193,7 +193,7 @@ def test_four_cli_cells_on_a_fresh_store_and_a_fresh_data_root(tmp_path, attempt
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
     recorded = {json.loads((o / "metrics.json").read_text())["train"]["mlflow_run_id"] for o in out}
     assert recorded == {r.info.run_id for r in runs}  # one run per cell, each the one its cell names
-    assert all(r.data.metrics.get("market1501.global.mAP") is not None for r in runs)
+    assert all(r.data.metrics.get("eval/market1501/global/mAP") is not None for r in runs)
     if attempt == 0:  # training logged every param, point and file that sync-mlflow would replay
         from mhsa.run.sync import sync_results
 
@@ -222,3 +222,48 @@ def test_extras_declare_the_slurm_plugin_and_postgres_driver():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("snakemake-executor-plugin-slurm") for r in extras["slurm"])
     assert any(r.startswith("psycopg2-binary") for r in extras["tracking"])
+
+
+# ------------------------------------------------------------------ what a person opens
+def test_ui_pointer_opens_the_runs_table_in_model_training_mode():
+    """MLflow 3 opens an experiment in its GenAI mode (an empty traces overview) unless the URL asks for
+    workflowType=machine_learning; the command and the URL name the same port."""
+    db = "sqlite:////abs/results/ci/mlflow.db"
+    command, url = tracking.ui_pointer(db, "3")
+    assert command == f"mlflow ui --backend-store-uri {db} --port {tracking.UI_PORT}"
+    assert url == f"http://127.0.0.1:{tracking.UI_PORT}/#/experiments/3/runs?workflowType=machine_learning"
+    assert tracking.ui_pointer("http://host:5000/", "7") == [
+        "", "http://host:5000/#/experiments/7/runs?workflowType=machine_learning"]
+    # a database URI from the environment may hold a password: referred to, never echoed
+    command, _ = tracking.ui_pointer("postgresql://u:secret@db/mlflow", "1", from_env=True)
+    assert "secret" not in command and '"$MLFLOW_TRACKING_URI"' in command
+    assert tracking.ui_pointer(db, None)[1] == f"http://127.0.0.1:{tracking.UI_PORT}"
+
+
+def test_study_run_is_described_and_keeps_its_first_params(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = tracking.study_tags("ci", tmp_path / "results")
+    made = tracking.init_store(uri, ["mhsa-ci"], study=study, experiment_note="what the runs are",
+                               parent_tags={"mlflow.source.name": "Snakefile: x", tracking.NOTE: "first"})
+    exp_id, parent = made["mhsa-ci"]
+    client = MlflowClient(uri)
+    assert client.get_experiment(exp_id).tags[tracking.NOTE] == "what the runs are"
+    tags = client.get_run(parent).data.tags
+    assert tags["mlflow.source.name"] == "Snakefile: x" and tags[tracking.NOTE] == "first"
+    assert tags["mlflow.source.git.commit"]  # the code's commit (this checkout is a git repository)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "table_2.csv").write_text("row\n")
+    for digest, cells in (("aaa", 12), ("bbb", 13)):
+        with caplog.at_level("WARNING", logger="mhsa.run.tracking"):
+            got = tracking.log_study_outputs(uri, ["mhsa-ci"], study, {"tables": tmp_path / "tables"},
+                                             params={"preset": "ci", "config_digest": digest},
+                                             metrics={"study/cells_finished": cells}, tags={tracking.NOTE: digest})
+        assert got == [parent]
+    run = client.get_run(parent)
+    assert run.data.params == {"preset": "ci", "config_digest": "aaa"}  # MLflow params are written once
+    assert "config_digest aaa -> bbb" in caplog.text
+    assert run.data.metrics["study/cells_finished"] == 13 and run.data.tags[tracking.NOTE] == "bbb"
+    assert run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(parent, "tables")] == ["tables/table_2.csv"]

@@ -53,9 +53,16 @@ def losses(metrics):
     return [{k: v for k, v in row.items() if k not in ("images_per_s",)} for row in metrics["history"]]
 
 
-def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
-    uri = sqlite_uri(tmp_path)
-    m1 = train_mod.train_cell(tiny_cfg(data_root, tmp_path), tmp_path / "a", tracking_uri=uri)
+@pytest.fixture(scope="module")
+def tracked(data_root, tmp_path_factory):
+    """One tiny cell trained with an sqlite MLflow store: (store uri, tmp dir, its metrics)."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = sqlite_uri(tmp)
+    return uri, tmp, train_mod.train_cell(tiny_cfg(data_root, tmp), tmp / "a", tracking_uri=uri)
+
+
+def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tracked):
+    uri, tmp_path, m1 = tracked
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     for mode in ("global", "local", "concat", "head2", "concat_rerank"):
         assert METRICS <= set(saved["eval"]["market1501"][mode])
@@ -84,6 +91,34 @@ def test_cell_writes_every_field_and_repeats_bit_for_bit(data_root, tmp_path):
     assert m1["eval"] == m2["eval"] and losses(m1) == losses(m2)
 
 
+def test_mlflow_run_holds_exactly_what_sync_replays(tracked):
+    """Training logs the names, steps and values of mhsa.run.run_metrics.metric_points (what sync-mlflow
+    replays from metrics.json), grouped for MLflow's chart sections; its params say what ran."""
+    from mlflow.tracking import MlflowClient
+
+    from mhsa.run.run_metrics import metric_points
+
+    uri, _, metrics = tracked
+    client = MlflowClient(uri)
+    run = client.get_run(metrics["train"]["mlflow_run_id"])
+    want = metric_points(metrics)
+    assert set(run.data.metrics) == set(want)
+    for key, steps in want.items():
+        got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert got == pytest.approx(steps), key
+    sections = {k.rsplit("/", 1)[0] for k in want}
+    assert sections == {"Train", "diag", "eval/market1501/global", "eval/market1501/local", "eval/market1501/concat",
+                        "eval/market1501/head2", "eval/market1501/concat_rerank", "run"}
+    assert min(sections) == "Train"  # MLflow orders chart sections by code point: the loss curves first
+    assert {"Train/loss", "Train/loss.ihtl", "Train/weighted.ihtl", "Train/lr", "Train/speed"} <= set(want)
+    history = metrics["history"]
+    total = sum(want[k][3] for k in want if k.startswith("Train/weighted."))
+    assert total == pytest.approx(history[-1]["loss"], rel=1e-6)  # the loss is the sum of the weighted terms
+    assert run.data.params["amp"] == "off" and run.data.params["channels_last"] == "False"  # CPU: what ran
+    assert "amp=bf16" in run.data.tags["mlflow.note.content"]  # ... and the description says what was asked
+    assert "diagnostics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
 def test_interrupted_run_resumes_to_identical_metrics_in_one_mlflow_run(data_root, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -110,7 +145,7 @@ def test_interrupted_run_resumes_to_identical_metrics_in_one_mlflow_run(data_roo
     exp = client.get_experiment_by_name("test")
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'resumed'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}) == [1, 2, 3]
+    assert sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "Train/loss")}) == [1, 2, 3]
 
 
 def test_changed_config_refuses_the_stale_checkpoint(data_root, tmp_path):
@@ -155,7 +190,7 @@ def test_four_cells_at_once_share_one_sqlite_store(data_root, tmp_path):
     assert sorted(r.info.run_name for r in runs) == [f"par{i}" for i in range(4)]
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == [1, 2]
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "Train/loss")) == [1, 2]
 
 
 def test_missing_root_fails_before_training(tmp_path):

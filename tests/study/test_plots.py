@@ -92,6 +92,72 @@ def test_k_sweep_figures(tmp_path, study, metrics, paper):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plots.py saves, kept open for the test to read (titles, legends, colours)."""
+    kept = []
+    real = P.save_figure
+
+    def keep(fig, path, dpi=120):
+        kept.append(fig)
+        fig.savefig(Path(path).with_suffix(".png"), format="png", dpi=dpi)
+        return Path(path)
+
+    monkeypatch.setattr(P, "save_figure", keep)
+    yield kept
+    for fig in kept:
+        P.plt.close(fig)
+    assert real
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def test_k_sweeps_read_as_the_papers_figures(tmp_path, study, metrics, paper, drawn):
+    """Panels (a)-(d) in the paper's order (a data set per row, Rank-1 then mAP), the paper's colours
+    (MHSAM orange, the added term blue), and a line saying why a series has paper stars at some K only."""
+    P.plot_k_sweep(study, "9", metrics, paper, tmp_path / "fig_9.png")
+    (fig,) = drawn
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["(a) Market-1501 - Rank-1", "(b) Market-1501 - mAP",
+                      "(c) CUHK03-Detected - Rank-1", "(d) CUHK03-Detected - mAP"]
+    handles = {h.get_label(): h for h in fig.legends[0].legend_handles}
+    assert matplotlib.colors.to_hex(handles["MHSAM (paper)"].get_color()) == matplotlib.colors.to_hex("tab:orange")
+    assert matplotlib.colors.to_hex(handles["MHSAM+FDRT (paper)"].get_color()) == matplotlib.colors.to_hex("tab:blue")
+    assert "MHSAM+FDRT (ours, mean of 2 seeds, ±1 std band)" in handles
+    note = " ".join(t for t in _texts(fig) if t.startswith("Paper stars")).replace("\n", " ")
+    assert "Fig. 9 prints no numbers" in note
+    # MHSAM's K=8 is Table V's Baseline+MHSAM (K=8), the first row of the study with that model
+    assert "MHSAM: every K (Table VII, Table V)" in note and "MHSAM+FDRT: K=8 (Table V)" in note
+
+
+def test_star_note_names_the_k_with_a_paper_number(study, paper):
+    pts = P.paper_points_for_series(study, "10", paper)
+    note = P.star_note("10", ["MHSAM", "MHSAM+IHTL"], [6, 7, 8], pts)
+    assert "MHSAM: every K (Table VII, Table V)" in note
+    assert "MHSAM+IHTL: K=7,8 (Table X, Table V)" in note
+
+
+def test_k_sweep_colours_are_checked_when_the_study_is_built():
+    cfg = load_study_config(ROOT / "config.yaml")
+    cfg["figures"]["9"]["plot"]["colors"] = ["tab:orange"]
+    with pytest.raises(ConfigError, match=r"figures\.9\.plot\.colors has 1 colour\(s\) for 2 series"):
+        build_study(cfg, "demo")
+    cfg["figures"]["9"]["plot"]["colors"] = ["tab:orange", "blu"]
+    with pytest.raises(ConfigError, match=r"figures\.9\.plot\.colors: \['blu'\] are not colours"):
+        build_study(cfg, "demo")
+
+
+def test_sweep_legends_name_their_reference_rows(tmp_path, study, metrics, paper, drawn):
+    P.plot_param_sweep(study, "IX", metrics, paper, tmp_path / "ix.png")
+    P.plot_param_sweep(study, "X", metrics, paper, tmp_path / "x.png")
+    ix, x = ({h.get_label() for h in fig.legends[0].legend_handles} for fig in drawn)
+    assert {"Baseline+MHSAM (ours)", "Baseline+MHSAM (paper)"} <= ix
+    assert not any("reference row" in label for label in ix | x)
+    assert {"K=7 Baseline+MHSAM (ours)", "K=8 Baseline+MHSAM (paper)"} <= x
+
+
 def test_param_sweeps(tmp_path, study, metrics, paper):
     names = [P.sweep_file_name(study, t) for t in study.table_ids() if study.config["tables"][t].get("plot")]
     assert names == ["table_9_lambda1.png", "table_10_lambda2.png", "table_11_lambda3_gamma.png"]
@@ -230,6 +296,33 @@ def test_attention_grid(tmp_path, study):
             alpha=rng.random((3, k, 8, 4)).astype(np.float32),
         )
     assert is_png(P.plot_attention_grid(study, "7", "occluded_duke", runs, tmp_path / "fig7.png"))
+
+
+def test_attention_grid_labels_colour_bar_and_entropy(tmp_path, study, drawn):
+    """One title (the data set not repeated, no line break inside a name), the Baseline's column called an
+    activation map, the others the max over their heads, each with its mean attention entropy, and one
+    colour bar; groups of (query, series...) side by side, so the figure is wider than tall."""
+    runs = tmp_path / "runs"
+    cells = dict(P.attention_series(study, "7", "occluded_duke"))
+    focused = np.full((6, 8, 8, 4), 1e-6, np.float32)
+    focused[:, :, 0, 0] = 1.0  # every head on one position: entropy ~0
+    maps = {"Baseline": np.ones((6, 1, 8, 4), np.float32), "MHSAB": np.ones((6, 8, 8, 4), np.float32),
+            "MHSAB+ACM": focused}
+    for label, alpha in maps.items():
+        d = runs / cells[label][0]
+        d.mkdir(parents=True)
+        np.savez(d / "attention.npz", images=np.zeros((6, 3, 32, 16), np.uint8), alpha=alpha)
+    P.plot_attention_grid(study, "7", "occluded_duke", runs, tmp_path / "fig7.png")
+    (fig,) = drawn
+    title = fig._suptitle.get_text()
+    assert title.startswith("Fig. 7: Attention maps (Baseline, MHSAB, MHSAB+ACM) on Occluded-DukeMTMC\n")
+    assert title.count("Occluded-DukeMTMC") == 1 and "Occluded-\n" not in title
+    headers = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert headers[:4] == ["query", "Baseline\nactivation map\nH = 1.00", "MHSAB\nmax of 8 heads\nH = 1.00",
+                           "MHSAB+ACM\nmax of 8 heads\nH = 0.00"]
+    assert any(ax.get_xlabel() == "attention, each map scaled to its maximum" for ax in fig.axes)  # the bar
+    width, height = fig.get_size_inches()
+    assert width > height  # fits a screen: the report opens it at its top
 
 
 def test_build_all_figures(tmp_path):

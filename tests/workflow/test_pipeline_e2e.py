@@ -92,7 +92,22 @@ def ci_run(tmp_path_factory, copy_workflow):
     assert rerun.returncode == 0, rerun.stderr[-5000:]
     # the warm worker's decision is said in the run's first lines (docs/workflow.md "The warm worker")
     assert "warm worker: on (auto: preset 'ci' trains short synthetic cells" in rerun.stderr[:3000], rerun.stderr[:3000]
+    (wd / "closing.txt").write_text(rerun.stderr[rerun.stderr.rfind("Where to look:"):])
     return wd, results, finished_before, killed
+
+
+def test_the_run_ends_saying_where_to_look(ci_run):
+    """Its last lines: the tables and figures folders, the report command, and the mlflow ui command with
+    the URL of the study's runs table in Model-training mode (docs/workflow.md, "Where to look")."""
+    from mlflow.tracking import MlflowClient
+
+    wd, results, _, _ = ci_run
+    closing = (wd / "closing.txt").read_text()
+    exp = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}").get_experiment_by_name("mhsa-ci")
+    assert "tables   results/ci/tables/" in closing and "figures  results/ci/figures/" in closing
+    assert "snakemake --report results/ci/report.html --config preset=ci" in closing
+    assert f"mlflow ui --backend-store-uri sqlite:///{wd / 'mlflow.db'} --port 5000" in closing
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in closing
 
 
 def test_rerun_after_kill_keeps_finished_cells_and_resumes_the_killed_one(ci_run):
@@ -140,10 +155,35 @@ def test_mlflow_has_one_finished_run_per_cell(ci_run):
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         metrics = json.loads((results / "runs" / r.info.run_name / "metrics.json").read_text())
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "Train/loss")]
         assert sorted(set(steps)) == list(range(1, metrics["train"]["epochs"] + 1))
         assert r.data.tags["feeds"] and r.data.tags["git_sha"]
         assert "attention.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+
+
+def test_report_lists_each_table_as_a_page_in_the_papers_order(ci_run):
+    """`snakemake --report`: a Tables entry per table (its html, which the report previews) ordered I, II, ...
+    by its first label, the csv/md/tex under Downloads, the summary page; no entry carries the study."""
+    import re
+
+    wd, results, _, _ = ci_run
+    report = results / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", str(report), "--config", "preset=ci"],
+                          cwd=wd, env=_env(wd), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text, re.S).group(1))
+    entries = json.loads(re.search(r"var results = (\{.*?\});\n", text, re.S).group(1))
+    study = build_study(load_study_config(wd / "config.yaml"), "ci")
+    tables = [entries[p] for p in next(iter(categories["Tables"].values()))]
+    assert sorted((e["labels"]["no."], e["labels"]["table"], e["filename"]) for e in tables) == [
+        (f"{table_number(t):02d}", t, f"table_{table_number(t)}.html") for t in study.table_ids()]
+    assert {e["mime_type"] for e in tables} == {"text/html"}
+    downloads = {entries[p]["filename"] for p in next(iter(categories["Downloads"].values()))}
+    assert downloads == {f"table_{table_number(t)}.{x}" for t in study.table_ids() for x in ("csv", "md", "tex")} | {
+        "summary.md"}
+    assert [entries[p]["filename"] for p in next(iter(categories["Summary"].values()))] == ["summary.html"]
+    assert all(len(e["job_properties"]["params"]) < 2000 for e in entries.values())
 
 
 def test_ci_tables_equal_the_golden_copy(ci_run):

@@ -39,6 +39,13 @@ def test_enums_are_the_packages_values():
     assert set(RECIPE["cpu_kernels"]["enum"]) == set(run_config.CPU_KERNEL_LEVELS)
 
 
+def test_figure_colour_pattern_is_the_packages():
+    from mhsa.study.figure_specs import COLOUR_PATTERN
+
+    colours = SCHEMA["properties"]["figures"]["additionalProperties"]["properties"]["plot"]["properties"]["colors"]
+    assert colours["items"]["pattern"] == COLOUR_PATTERN
+
+
 def test_test_mode_pattern_is_the_grammar():
     assert DEFS["test_mode"]["pattern"] == MODE_PATTERN
     pattern = re.compile(DEFS["test_mode"]["pattern"])

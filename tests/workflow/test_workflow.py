@@ -87,11 +87,11 @@ def fake_finished_run(wd: Path, preset: str) -> None:
     if study.config["data_source"] == "real":  # the onstart check only needs the roots to exist
         for name in study.config["datasets"]:
             (wd / study.config["datasets"][name]["root"]).mkdir(parents=True, exist_ok=True)
-    files = [results / "mlflow.ready"]
+    files = [results / "mlflow.ready", results / "study.json"]
     for cid in study.cells:
         files += [results / "runs" / cid / name for name in ("metrics.json", "attention.npz", "attention.png")]
     files += [results / "tables" / f"table_{table_number(t)}.{ext}" for t in study.table_ids() for ext in FORMATS]
-    files.append(results / "tables" / "summary.md")
+    files += [results / "tables" / "summary.md", results / "tables" / "summary.html"]
     for name in study.config["datasets"] if study.config["data_source"] == "synthetic" else []:
         files.append(results / "synthetic" / name / ".complete")
     for f in files:
@@ -122,6 +122,7 @@ def test_dry_run_lists_every_job_of_the_preset(wf, preset):
     assert counts == {
         "train_cell": len(study.cells),
         "mlflow_store": 1,
+        "study": 1,
         "tables": 1,
         **({"synthetic_dataset": len(needed)} if synthetic else {}),
     }
@@ -147,7 +148,7 @@ def test_editing_one_row_reruns_exactly_that_cell(finished):
                 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 3.0e-2}')
     for triggers in ([], ["--rerun-triggers", "params"]):
         proc = snakemake(wf, "-n", "tables", *paper, *triggers)
-        assert job_counts(proc) == {"train_cell": 1, "tables": 1}, triggers
+        assert job_counts(proc) == {"train_cell": 1, "study": 1, "tables": 1}, triggers
         assert scheduled_cells(proc) == {"cuhk03_detected__mhsam-K8-fdrt0.03__s0"}
 
 
@@ -155,19 +156,32 @@ def test_params_trigger_granularity(finished):
     wf = finished
     paper = ("--config", "preset=paper")
 
-    # A title or a figure's layout is not a training param: tables only.
+    # A title or a figure's layout is not a training param: the study file and the tables only.
     edit_config(wf, "title: FDRT weight lambda1 on CUHK03-Detected", "title: FDRT weight (lambda1), CUHK03-D")
-    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
+    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"study": 1, "tables": 1}
     edit_config(wf, "plot: {kind: attention_grid, max_images: 6}", "plot: {kind: attention_grid, max_images: 4}")
-    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"tables": 1}
+    assert job_counts(snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")) == {"study": 1, "tables": 1}
 
     # A new test mode for a cell is a param change of that cell only (re-evaluation). Every branch
     # (global, local, concat, head<i>) is always evaluated, so the new mode is a re-ranked one.
     edit_config(wf, 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2}',
                 'lambda1=1e-2", variant: mhsam_fdrt, lambda1: 1.0e-2, mode: local_rerank}')
     proc = snakemake(wf, "-n", "tables", *paper, "--rerun-triggers", "params")
-    assert job_counts(proc) == {"train_cell": 1, "tables": 1}
+    assert job_counts(proc) == {"train_cell": 1, "study": 1, "tables": 1}
     assert scheduled_cells(proc) == {"cuhk03_detected__mhsam-K8-fdrt0.01__s0"}
+
+
+def test_the_tables_job_gets_the_study_as_a_file_not_as_a_param(finished):
+    """The study reaches the tables step as a rule output (study.json, rerun when its digest changes),
+    so the tables job's params, which the report repeats beside each of its files and Snakemake keeps
+    per output, are a few paths, not the whole study."""
+    import json
+
+    metadata = [json.loads(p.read_text()) for p in (finished / ".snakemake" / "metadata").iterdir() if p.is_file()]
+    tables = [m for m in metadata if m.get("rule") == "tables"]
+    assert tables, "no metadata of the tables job"
+    assert all(len(json.dumps(m.get("params", ""))) < 2000 for m in tables)
+    assert [m for m in metadata if m.get("rule") == "study"], "no metadata of the study job"
 
 
 def test_real_run_with_missing_data_stops_before_any_job(wf):

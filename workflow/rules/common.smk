@@ -25,6 +25,7 @@ from mhsa.study.build import (
     table_number,
 )
 from mhsa.study.tables import TABLE_FORMATS
+from mhsa.study.tracking import creation_tags, experiment_note
 from mhsa.run.tracking import default_uri
 
 
@@ -70,6 +71,9 @@ MLFLOW_URI_GIVEN = os.environ.get(MLFLOW_ENV)
 MLFLOW_URI = default_uri(RESULTS)
 os.environ[MLFLOW_ENV] = MLFLOW_URI
 MLFLOW_MARKER = f"{RESULTS}/mlflow.ready"
+# The study as a file for the tables step (docs/workflow.md, "The study file"): its plain data
+# (mhsa.study.build.Study.to_data), rewritten only when the study changes.
+STUDY_FILE = f"{RESULTS}/study.json"
 
 # The instruction set of the CPU kernels (`cpu_kernels`, mhsa.run.cpu_kernels): exported here, before
 # any job imports torch, so local jobs, the warm worker and the tables step inherit it, and cluster
@@ -158,6 +162,58 @@ def stop_warm_worker():
 
     while WARM_WORKER:
         stop(WARM_WORKER.pop())
+
+
+def store_marker():
+    """(experiment ids, problem) from the `mlflow_store` step's marker: its ids when it was written for
+    today's store (its first line is the store's URI), the reason when that store was down.
+    """
+    try:
+        lines = Path(MLFLOW_MARKER).read_text().splitlines()
+    except OSError:
+        return {}, None
+    if not lines or lines[0] != MLFLOW_URI:
+        return {}, None
+    if len(lines) > 1 and lines[1].startswith("unreachable: "):
+        return {}, lines[1].removeprefix("unreachable: ")
+    ids = {}
+    for line in lines[1:]:
+        name, _, rest = line.partition(" ")
+        fields = dict(f.split("=", 1) for f in rest.split() if "=" in f)
+        if "experiment" in fields:
+            ids[name] = fields["experiment"]
+    return ids, None
+
+
+def where_to_look():
+    """onsuccess: the run's closing lines: the tables and figures folders, the report command and the
+    URL of the study's runs table in MLflow (mhsa.study.tracking.closing_lines). Not after --touch.
+    """
+    if workflow.touch:
+        return
+    from mhsa.run.tracking import experiment_ids
+    from mhsa.study.tracking import closing_lines
+
+    experiment = STUDY.experiments()[0]
+    ids, problem = store_marker()
+    # a marker of an older version (no ids): ask the store
+    if experiment not in ids and not problem:
+        ids = experiment_ids(MLFLOW_URI, [experiment])
+    given = workflow.config_settings.config or {}
+    args = " ".join(
+        [f"--config preset={PRESET}"]
+        + ([f"results_dir={given['results_dir']}"] if "results_dir" in given else [])
+    )
+    lines = closing_lines(
+        STUDY,
+        RESULTS,
+        MLFLOW_URI,
+        ids.get(experiment),
+        from_env=bool(MLFLOW_URI_GIVEN),
+        store_problem=problem,
+        report_args=args,
+    )
+    logger.info("\n".join(lines))
 
 
 def _alternatives(names):
@@ -263,14 +319,22 @@ def checkpoint_dir(wildcards):
     return f"{RESULTS}/checkpoints/{wildcards.cell}/{run_digest(wildcards)}"
 
 
-# ---------------------------------------------------------------------------- tables rule
-def study_data():
-    """STUDY as plain data for the tables job (`Study.to_data`; workflow/scripts/tables.py rebuilds
-    it). Snakemake compares the repr of params, so this is also the rule's rerun trigger.
+# ----------------------------------------------------------------------------- study file
+def write_study_file(path, log):
+    """STUDY's plain data (`Study.to_data`) as JSON, atomically: workflow/scripts/tables.py rebuilds the
+    study from it (`Study.from_data`). The `study` rule's param is the digest of the same data.
     """
-    return STUDY.to_data()
+    from mhsa.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(path, STUDY.to_data())
+    atomic_write_text(
+        log,
+        f"study {STUDY.digest()}: {len(CELLS)} cells, tables {', '.join(TABLES)}, "
+        f"figures {', '.join(FIGURES)} -> {path}\n",
+    )
 
 
+# ---------------------------------------------------------------------------- tables rule
 def results_dir_from_output(wildcards, output):
     """The results directory, as the folder of the store marker (MLFLOW_MARKER)."""
     return str(Path(output[0]).parent)
@@ -296,23 +360,47 @@ def table_caption(table):
 
 
 def table_outputs():
-    """Every table file, flagged for the report under `Table <roman>`."""
-    return [
+    """Every table file and the summary, flagged for the report (docs/workflow.md, "The report").
+
+    The report previews HTML and images only (anything else is a download button), so each table is one
+    entry of `Tables`, its `.html`, ordered as in the paper by the `no.` label (the report sorts entries
+    by their first label as text: "02" before "11", where "II" would follow "IX"); its csv, md and tex
+    are entries of `Downloads`; `summary.html` (every table on one page) is `Summary`.
+    """
+    out = []
+    for t in TABLES:
+        n = table_number(t)
+        labels = {
+            "no.": f"{n:02d}",
+            "table": t,
+            "title": CFG["tables"][t].get("title", ""),
+        }
+        for ext in TABLE_FORMATS:
+            html = ext == "html"
+            out.append(
+                report_flag(
+                    f"{RESULTS}/tables/table_{n}.{ext}",
+                    caption=table_caption(t) if html else "../report/downloads.rst",
+                    category="Tables" if html else "Downloads",
+                    labels=labels if html else {**labels, "format": ext},
+                )
+            )
+    out.append(
         report_flag(
-            f"{RESULTS}/tables/table_{table_number(t)}.{ext}",
-            caption=table_caption(t),
-            category=f"Table {t}",
-            labels={"table": t, "format": ext},
-        )
-        for t in TABLES
-        for ext in TABLE_FORMATS
-    ] + [
-        report_flag(
-            f"{RESULTS}/tables/summary.md",
+            f"{RESULTS}/tables/summary.html",
             caption="../report/summary.rst",
             category="Summary",
         )
-    ]
+    )
+    out.append(
+        report_flag(
+            f"{RESULTS}/tables/summary.md",
+            caption="../report/downloads.rst",
+            category="Downloads",
+            labels={"no.": "99", "table": "all", "title": "summary", "format": "md"},
+        )
+    )
+    return out
 
 
 # ------------------------------------------------------------------- real data set check

@@ -41,5 +41,8 @@ rule mlflow_store:
         experiments=STUDY.experiments(),
         preset=PRESET,
         results=results_dir_from_output,
+        # descriptions shown by MLflow's UI (mhsa.study.tracking); the tables step completes the study run
+        note=experiment_note(STUDY),
+        parent_tags=creation_tags(STUDY),
     script:
         "../scripts/mlflow_store.py"

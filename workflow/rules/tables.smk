@@ -2,8 +2,27 @@
 # overlay (drawn from its attention.npz and logged to the cell's MLflow run with its `feeds` tag).
 
 
+# The study as a file for the tables step: its digest is the rerun trigger, so the file is rewritten
+# (and the tables rebuilt) when a title, a row, a test mode or a plot changes, and never otherwise;
+# what retrains a cell is in train_cell's own params. Seconds of work: local on a cluster too.
+localrules:
+    study,
+
+
+rule study:
+    output:
+        STUDY_FILE,
+    log:
+        f"{RESULTS}/logs/study.log",
+    params:
+        digest=STUDY.digest(),
+    run:
+        write_study_file(output[0], log[0])
+
+
 rule tables:
     input:
+        study=STUDY_FILE,
         metrics=all_metrics(),
         attention=all_attention(),
     output:
@@ -22,12 +41,9 @@ rule tables:
         "../../envs/mhsa.yaml"
     threads: 2  # overlays and MLflow beside the figures (the last job: the cores are free)
     params:
-        # The rerun trigger, and what the script reads: the resolved config, the cells and the
-        # table/figure rows. Editing a title, a row's name or test mode, or a `plot:` entry
-        # reruns this rule only; what retrains a cell is in train_cell's own params.
-        study=study_data(),
         # Directories from the declared files (local copies under remote storage); derived
-        # params are no rerun trigger.
+        # params are no rerun trigger. The study comes as a file (input.study), not a param:
+        # the report repeats a job's params beside each of its files.
         runs_dir=runs_dir_from_input,
         tables_dir=tables_dir_from_output,
     script:

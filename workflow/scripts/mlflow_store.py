@@ -24,7 +24,9 @@ with log_to(snakemake.log[0]) as log:
         print(f"WARNING: {msg}", file=sys.__stderr__, flush=True)  # once, on the Snakemake console
         lines = [f"{uri}\n", f"unreachable: {problem}\n"]
     else:
-        parents = init_store(uri, experiments, study=study, results_dir=snakemake.params.results)
-        lines = [f"{uri}\n"] + [f"{e} parent={p}\n" for e, p in parents.items()]
-        log.info("MLflow store %s ready: experiments and study parent runs %s", uri, parents)
+        made = init_store(uri, experiments, study=study, results_dir=snakemake.params.results,
+                          parent_tags=dict(snakemake.params.parent_tags), experiment_note=snakemake.params.note)
+        # the experiment ids: the run's closing lines point at the runs table (common.smk, where_to_look)
+        lines = [f"{uri}\n"] + [f"{e} parent={p} experiment={i}\n" for e, (i, p) in made.items()]
+        log.info("MLflow store %s ready: experiments and study parent runs %s", uri, made)
     Path(snakemake.output[0]).write_text("".join(lines))

@@ -1,6 +1,8 @@
-"""Open an HTML file in headless Chromium over the DevTools protocol (a pipe: no extra package),
-collect console errors and uncaught exceptions, check that every embedded image decodes, and
-keep a screenshot."""
+"""Headless Chromium over the DevTools protocol (a pipe: no extra package): open a page, wait for text,
+run JavaScript, click, keep screenshots (`Page`); `check_page` opens an HTML file, collects console
+errors and uncaught exceptions and checks that every embedded image decodes (the cluster test's report
+check). Chromium is started as this machine needs it (--headless --no-sandbox --disable-gpu
+--disable-background-networking ...)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--remote-debugging-pipe", "--window-size=1400,1000"]
 
 # Every data: image embedded in the page (the report inlines its figures), decoded by the browser.
@@ -109,6 +112,116 @@ class Chromium:
             self.proc.kill()
             self.proc.wait(timeout=10)
         os.close(self._w)
+
+
+class Page:
+    """One tab of a fresh Chromium (its own profile under `out_dir`): `with Page(binary, out_dir) as page`."""
+
+    def __init__(self, binary: str, out_dir: Path, width: int = 1400, height: int = 1000):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.browser = Chromium(binary, out_dir / "chromium-profile", out_dir / "chromium.log")
+        try:
+            target = self.browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"]
+            for domain in ("Runtime", "Log", "Page"):
+                self.send(f"{domain}.enable")
+            self.send("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        except BaseException:
+            self.browser.close()
+            raise
+
+    def __enter__(self) -> Page:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.browser.close()
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 60):
+        return self.browser.send(method, params, session=self.session, timeout=timeout)
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url})
+
+    def js(self, expression: str, timeout: float = 60):
+        """The value of a JavaScript expression (awaited when it is a promise); a thrown error raises."""
+        reply = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                               "awaitPromise": True}, timeout=timeout)
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"javascript failed: {reply['exceptionDetails']}")
+        return reply.get("result", {}).get("value")
+
+    def text(self) -> str:
+        return self.js("document.body ? document.body.innerText : ''") or ""
+
+    def wait_for(self, expression: str, timeout: float = 180, what: str = "") -> object:
+        """Poll a JavaScript expression until it is truthy; its value (TimeoutError naming `what`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = self.js(expression)
+            except RuntimeError:
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout:.0f} s for {what or expression}; the page says:\n"
+                                   f"{self.text()[:2000]}")
+            time.sleep(0.5)
+
+    def wait_for_text(self, needle: str, timeout: float = 180) -> None:
+        self.wait_for(f"document.body && document.body.innerText.includes({json.dumps(needle)})", timeout,
+                      what=repr(needle))
+
+    def frames(self) -> list[dict]:
+        """Every frame of the page (the top one first): {'id', 'url', ...}."""
+        def walk(node):
+            yield node["frame"]
+            for child in node.get("childFrames", []):
+                yield from walk(child)
+
+        return list(walk(self.send("Page.getFrameTree")["frameTree"]))
+
+    def frame_js(self, url_prefix: str, expression: str):
+        """Evaluate in the first frame whose URL starts with `url_prefix` (an iframe of another origin,
+        e.g. the report's data: previews, which the page's own scripts may not read)."""
+        frame = next((f for f in self.frames() if f["url"].startswith(url_prefix)), None)
+        if frame is None:
+            raise LookupError(f"no frame at {url_prefix!r}: {[f['url'][:60] for f in self.frames()]}")
+        world = self.send("Page.createIsolatedWorld", {"frameId": frame["id"]})["executionContextId"]
+        reply = self.send("Runtime.evaluate", {"expression": expression, "contextId": world, "returnByValue": True})
+        return reply.get("result", {}).get("value")
+
+    def screenshot(self, name: str) -> Path:
+        shot = self.send("Page.captureScreenshot", {"format": "png"})
+        path = self.out_dir / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+    def errors(self, since: int = 0) -> list[str]:
+        """Console errors, uncaught exceptions and failed loads of this tab, from event number `since` on."""
+        return [_describe(e) for e in self.browser.events[since:]
+                if _is_error(e) and e.get("sessionId") == self.session]
+
+    def allow_downloads(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.browser.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder),
+                                                          "eventsEnabled": True})
+
+    def wait_download(self, timeout: float = 60) -> dict:
+        """The params of the next completed download (Browser.downloadProgress, state completed)."""
+        deadline, seen = time.monotonic() + timeout, len(self.browser.events)
+        while time.monotonic() < deadline:
+            begun = {}
+            for event in self.browser.events[seen:]:
+                if event["method"] == "Browser.downloadWillBegin":
+                    begun = event["params"]
+                elif event["method"] == "Browser.downloadProgress" and event["params"].get("state") == "completed":
+                    return {**begun, **event["params"]}
+            time.sleep(0.2)
+        raise TimeoutError(f"no download completed in {timeout} s")
 
 
 def check_page(binary: str, html: Path, out_dir: Path) -> dict:
