@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -78,9 +77,10 @@ def extract_features(
 
     Returns ``{"features": {mode: float32 CPU tensor (N, D)}, "pids": int64 array, "camids": int64
     array, "indices": int64 array}`` in loader order. Modes: ``global``, ``local``, ``concat``,
-    ``head1``..``headK`` (1-based into the ``heads`` output). ``amp_dtype`` enables
-    ``torch.autocast`` on ``device``; ``channels_last`` converts the input images only (convert the
-    model yourself). The model is not moved; its train/eval state is restored afterwards.
+    ``head1``..``headK`` (1-based into the ``heads`` output). Features are computed in fp32 even
+    inside a caller's autocast (the training's), unless ``amp_dtype`` asks for autocast on ``device``;
+    ``channels_last`` converts the input images only (convert the model yourself). The model is not
+    moved; its train/eval state is restored afterwards.
     """
     modes = list(modes)
     if not modes:
@@ -92,10 +92,11 @@ def extract_features(
     pids, camids, indices = [], [], []
     was_training = model.training
     model.eval()
+    # fp32 by default: an autocast around the caller (the training step's) is switched off here
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype)
         if amp_dtype is not None
-        else contextlib.nullcontext()
+        else torch.autocast(device_type=device.type, enabled=False)
     )
     try:
         with torch.inference_mode(), autocast:

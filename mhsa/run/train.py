@@ -22,7 +22,6 @@ import resource
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import PKSampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
-from mhsa.errors import CheckpointError, DataError, DeviceError
+from mhsa.errors import CheckpointError, DataError
 from mhsa.evaluation import evaluate_modes, extract_features
 from mhsa.evaluation.diagnostics import cell_diagnostics, flat_metrics, weighted_loss_steps
 from mhsa.evaluation.modes import base_modes, default_modes
@@ -54,6 +53,13 @@ from mhsa.run.checkpoint import (
     finalize_checkpoint,
     load_checkpoint,
     save_checkpoint,
+)
+from mhsa.run.device import (  # noqa: F401  (pick_device: re-exported for callers of train)
+    autocast_for,
+    check_amp,
+    configure_cuda,
+    pick_device,
+    use_channels_last,
 )
 from mhsa.run.optim import lr_at, make_optimizer, set_lr
 from mhsa.run.progress import Progress
@@ -69,22 +75,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------- setup
-def pick_device(name: str) -> torch.device:
-    """The `device` config key -> torch.device; a device this machine cannot use is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
-        raise DeviceError(f"config key 'device' is {name!r}; use auto, cpu, cuda or cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"config key 'device' is {name!r} but no CUDA device is visible "
-                          f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
-    if index and int(index) >= torch.cuda.device_count():
-        raise DeviceError(f"config key 'device' is {name!r} but only {torch.cuda.device_count()} CUDA "
-                          "device(s) are visible; use cuda:0 or auto")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, epoch: int = 0) -> int:
     """One seed per (run seed, epoch): resuming at epoch e replays exactly what epoch e would do."""
     s = (seed * 1_000_003 + epoch) % (2**31 - 1)
@@ -111,12 +101,6 @@ def eval_targets(cfg: RunConfig) -> dict:
         modes = list(t.get("modes") or default_modes(cfg.model.mhsam))
         out[name] = (ensure_data(name, t["root"], synthetic), modes)
     return out
-
-
-def autocast_for(cfg: RunConfig, device: torch.device):
-    if device.type != "cuda" or cfg.amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
 def train_loader(cfg: RunConfig, ds, sampler: PKSampler, device: torch.device, epoch: int) -> DataLoader:
@@ -193,10 +177,9 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
-        base = base_modes(modes)
-        cuda = device.type == "cuda"
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
-        kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
+        # fp32, whatever the training's autocast: ranking, mAP and re-ranking on unrounded embeddings
+        # (bf16 and fp16 cells would otherwise rank differently); a small share of a cell's time
+        kw = {"device": device, "modes": base_modes(modes), "channels_last": use_channels_last(cfg, device)}
         q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
         g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
@@ -277,6 +260,7 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
                tracking_uri: str | None = None) -> dict:
     """Train one cell (resuming from `ckpt_dir/last.pt` if there) and evaluate it; returns metrics.json's dict."""
     device = pick_device(cfg.device)
+    check_amp(cfg.amp, device)  # bf16 on a GPU without it: one line naming `amp`, before anything is written
     out_dir = Path(out_dir)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +269,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
         cpu_kernels.check(cfg.cpu_kernels)
+    else:
+        configure_cuda(cfg.amp)
     env = {**environment(), **cpu_kernels.describe(cfg.cpu_kernels)}
     log.info("cell %s | git %s | host %s | torch %s | device %s | CPU kernels %s (%s)", cfg.name, env["git_sha"],
              env["host"], env["torch"], device, env["cpu_capability"], cfg.cpu_kernels)
@@ -323,7 +309,7 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
     check_test_sets({name: ds for name, (ds, _) in targets.items()}, decoded=cache_test_sets(cfg, targets))
     sampler = PKSampler([pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k, seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
-    fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
+    fmt = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
     model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys (checkpoints) stay those of the eager model
@@ -414,17 +400,23 @@ def cached_train_batches(cell: Cell, epoch: int) -> CachedBatches:
 def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> dict:
     """One pass over the P x K batches; returns the epoch's history row (each loss term's mean)."""
     cell.model.train()
-    names, sums = None, None
+    names, sums, steps = None, None, []
     n_iter, t0 = 0, time.perf_counter()
     bar = Progress(len(loader), f"epoch {epoch}/{cell.cfg.optim.epochs}")
     for imgs, pids, _, _ in loader:
-        step_names, values = forward_backward(cell, imgs, pids, epoch, n_iter + 1, lr)
+        step_names, values = forward_backward(cell, imgs, pids)
         names = names or step_names
         n_iter += 1
         sums = values if sums is None else sums + values
-        if bar.enabled:
+        steps.append(values)
+        if bar.enabled:  # an interactive bar reads the loss (a host sync); a job's log does not
             bar.update(n_iter, f"loss {float(values[0]):.3f}")
     bar.close()
+    # No host sync per step: the terms stay on the device and are checked once per epoch, before the
+    # epoch's checkpoint is written (a non-finite term makes the sum non-finite), so weights trained on a
+    # NaN are never saved.
+    if sums is not None and not bool(torch.isfinite(sums).all()):
+        raise_non_finite(cell.cfg, names, steps, epoch, lr)
     seconds = time.perf_counter() - t0
     images = n_iter * cell.cfg.data.p * cell.cfg.data.k  # every batch is full (drop_last)
     cell.epoch = epoch
@@ -437,26 +429,30 @@ def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> di
     return row
 
 
-def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor, epoch: int, iteration: int,
-                     lr: float) -> tuple[list[str], torch.Tensor]:
-    """One optimiser step on one batch; returns the loss-term names ("loss" first) and their values."""
+def raise_non_finite(cfg: RunConfig, names: list[str], steps: list[torch.Tensor], epoch: int, lr: float):
+    """The first step of the epoch whose loss terms are not all finite, named with its terms."""
+    table = torch.stack(steps).cpu()
+    iteration = int((~torch.isfinite(table)).any(1).nonzero()[0, 0]) + 1
+    bad = [n for n, v in zip(names, table[iteration - 1].tolist(), strict=True) if not math.isfinite(v)]
+    lo = cfg.loss
+    raise NonFiniteLossError(
+        f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {iteration}: "
+        f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
+        f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
+        f"gamma={lo.gamma:g}); lower optim.lr or check the data")
+
+
+def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """One optimiser step on one batch; returns the loss-term names ("loss" first) and their values, on
+    the device (reading them is the caller's host sync)."""
     cfg, device = cell.cfg, cell.device
     imgs = imgs.to(device, non_blocking=True, memory_format=cell.memory_format)
     pids = pids.to(device, non_blocking=True)
     with autocast_for(cfg, device):
         outputs = cell.model(imgs)
     total, terms = cell.criterion(outputs, pids)
-    # One host sync per step: all terms checked and summed on the device together.
     names = ["loss", *terms]
     values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
-    if not bool(torch.isfinite(values).all()):
-        bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
-        lo = cfg.loss
-        raise NonFiniteLossError(
-            f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {iteration}: "
-            f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
-            f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
-            f"gamma={lo.gamma:g}); lower optim.lr or check the data")
     cell.optimizer.zero_grad(set_to_none=True)
     cell.scaler.scale(total).backward()
     if cfg.optim.grad_clip:
