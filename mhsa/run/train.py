@@ -255,6 +255,24 @@ class Cell:
     def persistent_loader(self) -> bool:
         return self.device.type == "cuda" and self.cfg.data.workers > 0
 
+    @property
+    def batch(self) -> int:
+        return self.cfg.data.p * self.cfg.data.k
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this cell trains: the recipe's, or fewer where `optim.max_steps` caps the steps (the
+        last of them cut short)."""
+        cap, epochs = self.cfg.optim.max_steps, self.cfg.optim.epochs
+        if not cap:
+            return epochs
+        return min(epochs, -(-cap // max(len(self.sampler) // self.batch, 1)))
+
+    def steps_left(self) -> int | None:
+        """Optimiser steps the cap still allows (None: no cap); every step trains one full batch."""
+        cap = self.cfg.optim.max_steps
+        return None if not cap else max(cap - self.images_seen // self.batch, 0)
+
 
 def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None = None,
                tracking_uri: str | None = None) -> dict:
@@ -327,7 +345,7 @@ def resume(cell: Cell) -> None:
     if state is None:
         return
     check_resumable(cell.cfg, state, cell.ckpt_path)
-    if not state["optimizer"] and state["epoch"] < cell.cfg.optim.epochs:
+    if not state["optimizer"] and state["epoch"] < cell.epochs:
         raise CheckpointError(f"checkpoint {cell.ckpt_path} holds the final weights of a finished cell (epoch "
                               f"{state['epoch']}), not a state to train on from; delete the directory "
                               f"{cell.ckpt_path.parent} to train this cell again")
@@ -344,7 +362,7 @@ def resume(cell: Cell) -> None:
 
 def checkpoint_state(cell: Cell) -> dict:
     """After the last epoch nothing trains on from it, so it holds the weights only (a rerun evaluates)."""
-    final = cell.epoch >= cell.cfg.optim.epochs
+    final = cell.epoch >= cell.epochs
     return {"model": cell.model.state_dict(), "optimizer": {} if final else cell.optimizer.state_dict(),
             "scaler": {} if final else cell.scaler.state_dict(), "epoch": cell.epoch, "history": cell.history,
             "train_seconds": cell.train_seconds, "images_seen": cell.images_seen,
@@ -375,7 +393,7 @@ def train_epochs(cell: Cell, tracker: CellTracker) -> None:
     loader = None
     if cell.persistent_loader and cell.train_cache is None:
         loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, cell.epoch + 1)
-    for epoch in range(cell.epoch + 1, cfg.optim.epochs + 1):
+    for epoch in range(cell.epoch + 1, cell.epochs + 1):
         seed_everything(cfg.seed, epoch)
         cell.sampler.set_epoch(epoch)
         lr = lr_at(cfg.optim, epoch)
@@ -402,8 +420,12 @@ def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> di
     cell.model.train()
     names, sums, steps = None, None, []
     n_iter, t0 = 0, time.perf_counter()
-    bar = Progress(len(loader), f"epoch {epoch}/{cell.cfg.optim.epochs}")
+    left = cell.steps_left()
+    total = len(loader) if left is None else min(len(loader), left)
+    bar = Progress(total, f"epoch {epoch}/{cell.epochs}")
     for imgs, pids, _, _ in loader:
+        if n_iter == total:  # optim.max_steps reached: the cell's last epoch ends here
+            break
         step_names, values = forward_backward(cell, imgs, pids)
         names = names or step_names
         n_iter += 1
@@ -466,14 +488,14 @@ def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor) -> tupl
 def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
     """Log the epoch; evaluate every `eval.every` epochs; checkpoint every `checkpoint_every` and at the end."""
     cfg, epoch = cell.cfg, cell.epoch
-    log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
+    log.info("epoch %d/%d  %s", epoch, cell.epochs,
              "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-    if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cfg.optim.epochs:
+    if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cell.epochs:
         mid = evaluate_cell(cfg, cell.model, cell.targets, cell.device)
         tracker.log_metrics({f"{t}.{mode}.{k}": v for t, r in mid.items() for mode, ms in r.items()
                              for k, v in ms.items() if k in ("rank1", "mAP")}, step=epoch)
-    if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.optim.epochs:
+    if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cell.epochs:
         save_checkpoint(cell.ckpt_path, checkpoint_state(cell))
 
 
@@ -491,7 +513,8 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
         "eval": results,
         "train": {"seconds": cell.train_seconds,
                   "images_per_s": cell.images_seen / max(cell.train_seconds, 1e-9),
-                  "peak_mem_mb": _peak_memory_mb(device), "epochs": cfg.optim.epochs, "device": str(device),
+                  "peak_mem_mb": _peak_memory_mb(device), "epochs": cell.epochs,
+                  "steps": cell.images_seen // cell.batch, "device": str(device),
                   "mlflow_run_id": cell.run_id, **env},
         "history": cell.history,
         # what the numbers are averaged over (e.g. queries without a valid match are left out)
@@ -499,7 +522,7 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    _log_final(tracker, cfg, metrics, out_dir)
+    _log_final(tracker, cfg, metrics, out_dir, cell.epochs)
     return metrics
 
 
@@ -509,12 +532,12 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path) -> None:
+def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path, epochs: int) -> None:
     save_config(cfg, out_dir / "config.yaml")
     if not tracker.enabled:
         return
-    tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)  # the names sync-mlflow replays
-    tracker.log_metrics(flat_metrics(metrics["diagnostics"]), step=cfg.optim.epochs)
+    tracker.log_metrics(final_metrics(metrics), step=epochs)  # the names sync-mlflow replays
+    tracker.log_metrics(flat_metrics(metrics["diagnostics"]), step=epochs)
     for epoch, values in weighted_loss_steps(metrics["diagnostics"]):
         tracker.log_metrics(values, step=epoch)
     for name in ("config.yaml", "metrics.json"):

@@ -361,3 +361,25 @@ def test_non_finite_loss_is_found_without_a_sync_per_step_and_names_the_first_ba
         train_mod.train_cell(cfg, tmp_path / "inf", tracking_uri=sqlite_uri(tmp_path))
     assert len(calls) > 3 and len(reads) <= 2  # the epoch ran on; one check for it (+ the locator)
     assert not (tmp_path / "inf" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_step_cap_cuts_the_schedule_and_is_part_of_the_cells_identity(data_root, tmp_path):
+    """optim.max_steps (the rehearsal preset): the cell follows the recipe's schedule and stops after that
+    many optimiser steps, its last epoch cut short; the cap is weight-defining, left out of the identity at
+    its default of 0 (checkpoints and digests of earlier cells unchanged)."""
+    from mhsa.config import weights_config
+
+    cfg = tiny_cfg(data_root, tmp_path)
+    per_epoch = len(train_mod.PKSampler([p for _, p, _ in train_mod.datasets.load("market1501", data_root).train],
+                                        4, 2, seed=0)) // 8
+    assert per_epoch >= 2
+    capped = tiny_cfg(data_root, tmp_path, optim={"max_steps": per_epoch + 1})
+    m = train_mod.train_cell(capped, tmp_path / "capped", tracking_uri=sqlite_uri(tmp_path))
+    assert m["train"]["epochs"] == 2 and m["train"]["steps"] == per_epoch + 1  # 3 epochs in the recipe
+    assert [row["epoch"] for row in m["history"]] == [1, 2]
+    assert m["history"][1]["lr"] == optim.lr_at(capped.optim, 2)  # the recipe's schedule, cut, not squeezed
+    assert "optim.max_steps" not in weights_config(cfg)
+    assert weights_config(capped)["optim.max_steps"] == str(per_epoch + 1)
+    # rerun: finished (the final weights of epoch 2 are the cell's end), it only re-evaluates
+    again = train_mod.train_cell(capped, tmp_path / "capped", tracking_uri=sqlite_uri(tmp_path))
+    assert again["train"]["steps"] == per_epoch + 1 and again["eval"] == m["eval"]
