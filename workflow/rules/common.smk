@@ -228,6 +228,12 @@ def train_inputs(wildcards):
     inputs = {"mlflow": ancient(MLFLOW_MARKER)}
     if SYNTHETIC:
         inputs["data"] = [data_marker(n) for n in cell_datasets(wildcards.cell)]
+    # `model.pretrained: seeded`: cell_overrides names the file rule seeded_weights writes
+    pretrained = train_overrides(wildcards)["model"].get("pretrained")
+    if isinstance(pretrained, str) and pretrained.startswith(
+        f"{RESULTS}/pretrained/seeded-"
+    ):
+        inputs["pretrained"] = pretrained
     return inputs
 
 
