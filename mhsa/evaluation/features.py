@@ -162,7 +162,11 @@ def evaluate_modes(
         raise ConfigError(f"config key 'eval.rerank_input': {rerank_input!r} must be one of {list(RERANK_INPUTS)}")
     results: dict[str, dict] = {}
     cache: dict[str, torch.Tensor] = {}
-    for mode in modes:
+    modes = list(modes)
+    # each base's q-g distances are kept until its last mode, then freed: at Market-1501's 3,368 x 15,913
+    # they are 214 MB per base, and a K=8 cell evaluates 11 bases (global, local, concat, 8 heads)
+    last_use = {parse_mode(m)[0]: i for i, m in enumerate(modes)}
+    for i, mode in enumerate(modes):
         base, _, rerank = parse_mode(mode)
         if base not in q_feats or base not in g_feats:
             raise ValueError(
@@ -182,4 +186,7 @@ def evaluate_modes(
         else:
             dist = qg.cpu().numpy()
         results[mode] = _percent(evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50))
+        del dist, qg
+        if last_use[base] == i:
+            del cache[base]
     return results
