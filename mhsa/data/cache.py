@@ -19,9 +19,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +38,7 @@ from mhsa.io import atomic_write_text, write_failure
 from .loader import ImageDataset, UnreadableImageError
 from .transforms import RESIZE_METHOD, resize_op
 
+log = logging.getLogger("mhsa.data.cache")
 MAX_LISTED = 5  # unreadable images named in the message (the count says how many more)
 # Kept free beside a new cache file: checkpoints, metrics and logs of the running cells need room too.
 DISK_RESERVE = 2**30
@@ -216,8 +219,12 @@ class DecodedCache:
                 if not path.exists():  # the job holding the lock before us may have built it
                     check_space(path.parent, len(items), height, width,
                                 f"{key_parts.get('dataset', 'images')} {key_parts.get('split', '')}".strip())
+                    t0 = time.perf_counter()
                     _build(path, items, height, width, threads or min(8, os.cpu_count() or 1), key)
                     built = True
+                    log.info("decoded-image cache %s: %d images at %dx%d, %.2f GiB, built in %.1f s", path.name,
+                             len(items), height, width, image_bytes(len(items), height, width) / 2**30,
+                             time.perf_counter() - t0)
         return cls(path, cls._load(path, (len(items), 3, height, width)), built)
 
     @staticmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -15,6 +17,7 @@ from .protocol import evaluate
 from .rerank import RERANK_DEFAULTS, re_ranking
 
 __all__ = ["squared_euclidean", "extract_features", "evaluate_modes"]
+log = logging.getLogger("mhsa.evaluation")
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -181,7 +184,9 @@ def evaluate_modes(
             gg = squared_euclidean(g_feats[base], g_feats[base])
             if rerank_input == "euclidean":
                 qg, qq, gg = qg.sqrt(), qq.sqrt(), gg.sqrt()
+            t0 = time.perf_counter()
             dist = re_ranking(qg.cpu().numpy(), qq.cpu().numpy(), gg.cpu().numpy(), **params)
+            log.info("%s: re-ranking %d x %d in %.1f s", mode, qg.shape[0], qg.shape[1], time.perf_counter() - t0)
             del qq, gg
         else:
             dist = qg.cpu().numpy()

@@ -180,11 +180,17 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device) ->
         # fp32, whatever the training's autocast: ranking, mAP and re-ranking on unrounded embeddings
         # (bf16 and fp16 cells would otherwise rank differently); a small share of a cell's time
         kw = {"device": device, "modes": base_modes(modes), "channels_last": use_channels_last(cfg, device)}
+        t0 = time.perf_counter()
         q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
         g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
+        t1 = time.perf_counter()
         results[name] = evaluate_modes(q["features"], g["features"], q["pids"], g["pids"], q["camids"],
                                        g["camids"], modes, rerank_params=rerank,
                                        rerank_input=cfg.eval.rerank_input)
+        n = len(ds.query) + len(ds.gallery)
+        log.info("eval %s: features of %d + %d images in %.1f s (%.1f images/s), %d test modes in %.1f s",
+                 name, len(ds.query), len(ds.gallery), t1 - t0, n / max(t1 - t0, 1e-9), len(modes),
+                 time.perf_counter() - t1)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results

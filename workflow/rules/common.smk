@@ -369,6 +369,11 @@ def check_real_data():
         f"preset {PRESET!r} uses real data sets; {len(problems)} of them have problems:"
     ]
     lines += [f"  - {p}" for p in problems]
+    if PRESET == "rehearsal":
+        lines.append(
+            "The rehearsal's stand-ins are generated once with: python -m mhsa.data.synthetic "
+            "--published --root data/rehearsal --layout all --jobs 2 (docs/data.md)."
+        )
     lines.append(
         "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
         "--config), or run a synthetic preset (--config preset=demo). No job was started."
