@@ -133,6 +133,10 @@ class OptimConfig:
     milestones: list = field(default_factory=lambda: [200, 300])
     decay: float = 0.1
     epochs: int = 400
+    # A cap on the training steps of a cell (0: none): the cell follows the recipe's schedule and stops after
+    # this many optimiser steps, its last epoch cut short (the rehearsal preset, docs/workflow.md "Presets").
+    # It changes the weights, so it is part of the cell's identity (left out of `weights_config` at 0).
+    max_steps: int = 0
     freeze_attention_mlp: bool = False  # True reproduces the authors' optimizer bug
     grad_clip: float = 0.0
     # --- the authors' code as a second reading (docs/paper-to-code.md "Two readings"); defaults: the paper's text
@@ -392,13 +396,15 @@ AUTHORS_CHOICES = {
     "data.erasing": ERASINGS,
     "eval.rerank_input": RERANK_INPUTS,
 }
-# weight-defining keys of the second reading, with their defaults: left out of `weights_config` while at their
-# default, so checkpoints and digests of paper-reading cells stay what they were before the switches existed
+# weight-defining keys added after cells were first trained (the second reading's, the step cap), with their
+# defaults: left out of `weights_config` while at their default, so checkpoints and digests of the cells
+# trained before the keys existed stay what they were
 _AUTHORS_WEIGHT_DEFAULTS = {
     **{k: v[0] for k, v in AUTHORS_CHOICES.items() if not k.startswith("eval.")},
     "model.z_layernorm": False, "model.extra_bottleneck": False, "model.shared_classifier": False,
     "model.residual_detach_q": False, "loss.competition_threshold": COMPETITION_CODE_THRESHOLD,
     "data.cutout_side": CUTOUT_SIDE,
+    "optim.max_steps": 0,  # no cap: digests of the cells trained before the cap existed stay what they were
 }
 
 

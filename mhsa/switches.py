@@ -154,6 +154,7 @@ BOUNDS: dict[str, Range] = {
     "optim.milestones": NONNEG,  # each milestone (epochs), strictly increasing
     "optim.decay": NONNEG,
     "optim.epochs": COUNT,
+    "optim.max_steps": NONNEG,  # 0: no cap on the training steps
     "optim.grad_clip": NONNEG,  # 0: no clipping
     "eval.every": NONNEG,  # 0: evaluate at the end only
     "eval.rerank_k1": COUNT,

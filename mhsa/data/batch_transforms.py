@@ -31,16 +31,35 @@ ERASE_RATIO = (0.3, 3.3)
 ERASE_TRIES = 10
 
 
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (labels, random draws) on ``device``; on CUDA through pinned memory and without
+    waiting: a copy from pageable memory would make the host wait for the GPU's queued work each batch."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean and std as 3 x 1 x 1 tensors on ``device``, made once per device (not copied to
+    the GPU for every batch)."""
+    if device not in _STATS:
+        _STATS[device] = (torch.tensor(IMAGENET_MEAN, device=device)[:, None, None],
+                          torch.tensor(IMAGENET_STD, device=device)[:, None, None])
+    return _STATS[device]
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 B x 3 x H x W -> float32, as ``ToTensor`` then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    mean, std = _mean_std(x.device)
     return x.to(torch.float32).div_(255).sub_(mean).div_(std)  # in place: one float buffer per batch
 
 
 def flip_batch(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Mirror (last axis) the samples where ``flips`` (bool, B) is True."""
-    flips = flips.to(x.device)
+    flips = to_device(flips, x.device)
     return torch.where(flips[:, None, None, None], x.flip(-1), x)
 
 
@@ -49,7 +68,7 @@ def pad_crop_batch(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Te
     [0, 2 * pad]) per sample: ``T.Pad(pad)`` + ``T.RandomCrop((H, W))`` with given offsets."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    offsets = offsets.to(x.device)
+    offsets = to_device(offsets, x.device)
     rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # B x H
     cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # B x W
     bi = torch.arange(b, device=x.device)[:, None, None, None]
@@ -91,7 +110,7 @@ def erase_batch(x: torch.Tensor, boxes: torch.Tensor, noise_gen: torch.Generator
     """Fill each sample's box with standard normal noise (``value="random"``, normalised space), or with
     zeros (`zero`: the authors' Cutout)."""
     b, _, h, w = x.shape
-    boxes = boxes.to(x.device)
+    boxes = to_device(boxes, x.device)
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     top, left, bh, bw = (boxes[:, i, None] for i in range(4))
     inside_y = (ys >= top) & (ys < top + bh)  # B x H
@@ -172,7 +191,8 @@ class CachedBatches:
             idx = order[s : s + self.batch_size]
             x = self.cache.batch(idx.numpy(), self.device)
             x = self.augment(x, gen, noise_gen) if self.augment is not None else normalize(x)
-            yield x, self.pids[idx], self.camids[idx], idx
+            pids = self.pids[idx]
+            yield x, (pids.pin_memory() if self.device.type == "cuda" else pids), self.camids[idx], idx
 
 
 class CachedEvalBatches:

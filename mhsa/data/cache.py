@@ -19,8 +19,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,7 +38,10 @@ from mhsa.io import atomic_write_text, write_failure
 from .loader import ImageDataset, UnreadableImageError
 from .transforms import RESIZE_METHOD, resize_op
 
+log = logging.getLogger("mhsa.data.cache")
 MAX_LISTED = 5  # unreadable images named in the message (the count says how many more)
+# Kept free beside a new cache file: checkpoints, metrics and logs of the running cells need room too.
+DISK_RESERVE = 2**30
 CACHE_FORMAT = 1  # bump when the file layout or the decode changes: old files are then not reused
 
 
@@ -102,6 +108,24 @@ def _exclusive(lock_path: Path):
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class CacheSpaceError(DataError):
+    """The disk under `data.cache_dir` cannot hold a split's cache; the message gives both sizes."""
+
+
+def check_space(cache_dir: str | Path, n: int, height: int, width: int, what: str) -> None:
+    """Before a build: the split's array fits on the disk of `cache_dir` with DISK_RESERVE to spare, else a
+    one-line CacheSpaceError naming `data.cache_dir` and the three ways out (benchmarks/README.md "Paper
+    scale": the eight data sets at the paper's 384x128 take ~23 GB, six times their 128x64 JPEG decodes)."""
+    need = image_bytes(n, height, width)
+    free = shutil.disk_usage(cache_dir).free
+    if need + DISK_RESERVE > free:
+        raise CacheSpaceError(
+            f"decoded-image cache of {what} at {height}x{width} needs {need / 2**30:.1f} GiB in {cache_dir} "
+            f"(data.cache_dir), but its disk has {free / 2**30:.1f} GiB free ({DISK_RESERVE / 2**30:.0f} GiB are "
+            "kept for checkpoints and logs); free space, set data.cache_dir to a larger disk, or data.cache: false "
+            "(decode the JPEGs every epoch)")
 
 
 class CorruptCacheError(DataError, OSError):
@@ -193,8 +217,14 @@ class DecodedCache:
         if not path.exists():
             with _exclusive(path.with_suffix(".lock")):
                 if not path.exists():  # the job holding the lock before us may have built it
+                    check_space(path.parent, len(items), height, width,
+                                f"{key_parts.get('dataset', 'images')} {key_parts.get('split', '')}".strip())
+                    t0 = time.perf_counter()
                     _build(path, items, height, width, threads or min(8, os.cpu_count() or 1), key)
                     built = True
+                    log.info("decoded-image cache %s: %d images at %dx%d, %.2f GiB, built in %.1f s", path.name,
+                             len(items), height, width, image_bytes(len(items), height, width) / 2**30,
+                             time.perf_counter() - t0)
         return cls(path, cls._load(path, (len(items), 3, height, width)), built)
 
     @staticmethod

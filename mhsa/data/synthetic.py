@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import io
 import json
 import numbers
 import shutil
@@ -579,6 +580,219 @@ def lock_path(root: str | Path) -> Path:
     return root.parent / f".{root.name}.lock"
 
 
+# ------------------------------------------------------------------------------ published sizes
+# The stand-ins of `generate_published`: each data set at its published per-split counts
+# (`mhsa.data.check.PUBLISHED`), in its real folder under one root, so that the published-statistics check
+# accepts it as the real data set. What PUBLISHED does not say, from the releases (docs/data.md):
+# Market-1501's gallery holds 2,793 distractor images (pid 0) and bounding_box_test 3,819 junk files
+# (pid -1); a Duke-style gallery's identities beyond the query's are gallery-only (distractor) ids.
+PUBLISHED_FOLDERS = {
+    "market1501": "Market-1501-v15.09.15", "dukemtmc": "DukeMTMC-reID", "cuhk03_detected": "cuhk03-np/detected",
+    "cuhk03_labeled": "cuhk03-np/labeled", "occluded_duke": "Occluded_Duke", "p_dukemtmc": "P-DukeMTMC-reid",
+    "partial_reid": "Partial-REID_Dataset", "partial_ilids": "Partial_iLIDS",
+}
+MARKET_DISTRACTORS, MARKET_JUNK = 2793, 3819
+# The stand-ins' image size: Market-1501's boxes are all 128x64; the other releases' boxes vary in size
+# (around the same 2:1 aspect), so they are drawn at Market's size too (docs/data.md, "Stand-ins at the
+# published size").
+PUBLISHED_SIZE = (128, 64)
+
+
+def _spread(total: int, n: int, rng: np.random.Generator) -> list[int]:
+    """`total` items over `n` owners as evenly as possible (which owners get one more: drawn)."""
+    base, extra = divmod(total, n)
+    more = set(rng.permutation(n)[:extra].tolist())
+    return [base + (i in more) for i in range(n)]
+
+
+def _cams_with_a_match(rng: np.random.Generator, n: int, num_cams: int) -> list[int]:
+    """Cameras of an identity's `n` gallery images, at least two different ones when n >= 2, so that every
+    query of the identity has a match under another camera."""
+    cams = rng.integers(num_cams, size=n)
+    if n >= 2 and len(set(cams.tolist())) < 2:
+        cams[1] = (cams[0] + 1 + rng.integers(num_cams - 1)) % num_cams
+    return [int(c) for c in cams]
+
+
+def _published_market_style(layout: str, variant: str, rng: np.random.Generator) -> list[_Shot]:
+    from .check import PUBLISHED
+
+    pub = PUBLISHED[layout]
+    num_cams = pub["cams"] or LAYOUTS[layout][1]
+    ext = ".png" if layout.startswith("cuhk03") else ".jpg"
+    occ = variant == "occluded"
+    counter = iter(range(10**7))
+
+    def name(pid: int, cam: int) -> str:
+        n = next(counter)
+        if layout == "market1501":
+            tag = f"{pid:04d}" if pid >= 0 else "-1"
+            return f"{tag}_c{cam + 1}s1_{n:06d}_00{ext}"
+        if layout.startswith("cuhk03"):
+            return f"{pid:04d}_c{cam + 1}_{n}{ext}"
+        return f"{pid:04d}_c{cam + 1}_f{n:07d}{ext}"
+
+    shots = []
+    (n_train, train_imgs), (n_query, query_imgs), (n_gallery, gallery_imgs) = pub["train"], pub["query"], pub["gallery"]
+    for i, count in enumerate(_spread(train_imgs, n_train, rng)):
+        for cam in _id_cameras(rng, count, num_cams):
+            shots.append(_Shot(f"bounding_box_train/{name(2 * i + 2, cam)}", TRAIN, i, cam,
+                               occluded=occ and rng.random() < OCCLUDED_TRAIN_FRACTION))
+    distractors = MARKET_DISTRACTORS if layout == "market1501" else 0
+    gallery_ids = n_gallery - (1 if distractors else 0)  # Market: the distractors are one "identity", pid 0
+    per_query = _spread(query_imgs, n_query, rng)
+    per_gallery = _spread(gallery_imgs - distractors, gallery_ids, rng)
+    for i in range(gallery_ids):  # the query ids first, then the gallery-only ones
+        pid = 2 * i + 3
+        gallery_cams = _cams_with_a_match(rng, per_gallery[i], num_cams)
+        if i < n_query:
+            # one query per camera where there are enough cameras (as in the releases)
+            if per_query[i] <= num_cams:
+                query_cams = rng.permutation(num_cams)[: per_query[i]]
+            else:
+                query_cams = rng.integers(num_cams, size=per_query[i])
+            for cam in query_cams:
+                shots.append(_Shot(f"query/{name(pid, int(cam))}", TEST, i, int(cam), occluded=occ,
+                                   partial=variant == "partial"))
+        for cam in gallery_cams:
+            shots.append(_Shot(f"bounding_box_test/{name(pid, cam)}", TEST if i < n_query else DISTRACTOR, i, cam,
+                               occluded=occ and rng.random() < OCCLUDED_GALLERY_FRACTION))
+    for j in range(distractors):
+        cam = int(rng.integers(num_cams))
+        shots.append(_Shot(f"bounding_box_test/{name(0, cam)}", DISTRACTOR, 20_000 + j, cam))
+    if layout == "market1501":
+        for j in range(MARKET_JUNK):
+            cam = int(rng.integers(num_cams))
+            shots.append(_Shot(f"bounding_box_test/{name(-1, cam)}", DISTRACTOR, 30_000 + j, cam, partial=True))
+    return shots
+
+
+def _published_p_duke(variant: str, rng: np.random.Generator) -> list[_Shot]:
+    from .check import PUBLISHED
+
+    pub, num_cams = PUBLISHED["p_dukemtmc"], LAYOUTS["p_dukemtmc"][1]
+    counter = iter(range(10**7))
+
+    def name(split: str, kind: str, pid: int, cam: int) -> str:
+        return f"{split}/{kind}/{pid:04d}/{pid:04d}_c{cam + 1}_f{next(counter):07d}.jpg"
+
+    occ, whole = "occluded_body_images", "whole_body_images"
+    shots = []
+    (n_train, train_imgs), (n_test, query_imgs), (_, gallery_imgs) = pub["train"], pub["query"], pub["gallery"]
+    for i, count in enumerate(_spread(train_imgs, n_train, rng)):
+        for cam in _id_cameras(rng, count, num_cams):
+            o = rng.random() < OCCLUDED_TRAIN_FRACTION
+            shots.append(_Shot(name("train", occ if o else whole, 2 * i + 2, cam), TRAIN, i, cam,
+                               occluded=o and variant == "occluded"))
+    for i, (nq, ng) in enumerate(zip(_spread(query_imgs, n_test, rng), _spread(gallery_imgs, n_test, rng),
+                                     strict=True)):
+        pid = 2 * i + 3
+        for cam in rng.integers(num_cams, size=nq):
+            shots.append(_Shot(name("test", occ, pid, int(cam)), TEST, i, int(cam), occluded=variant == "occluded"))
+        for cam in _cams_with_a_match(rng, ng, num_cams):
+            shots.append(_Shot(name("test", whole, pid, cam), TEST, i, cam))
+    return shots
+
+
+def _published_plan(params: dict, rng: np.random.Generator) -> list[_Shot]:
+    from .check import PUBLISHED
+
+    layout, variant = params["layout"], params["variant"]
+    if layout == "p_dukemtmc":
+        return _published_p_duke(variant, rng)
+    if layout.startswith("partial"):  # 60 ids x 5 partial + 5 whole shots; 119 ids x 1 + 1
+        ids, images = PUBLISHED[layout]["query"]
+        return _partial_plan(layout, variant, ids, 2 * images // ids, rng)
+    return _published_market_style(layout, variant, rng)
+
+
+def _write_blank(out: Path, params: dict, shots: list[_Shot]) -> None:
+    """`pixels: blank`: one tiny image per camera, its bytes written under every name of that camera."""
+    encoded, folders = {}, set()
+    for shot in shots:
+        path = out / shot.rel
+        key = (shot.cam, path.suffix)
+        if key not in encoded:
+            img = render(_person(params["seed"], TEST, 0), _camera(params["seed"], shot.cam),
+                         _rng(params["seed"], 23, shot.cam), params["height"], params["width"])
+            buf = io.BytesIO()
+            img.save(buf, format="PNG" if path.suffix == ".png" else "JPEG", quality=95)
+            encoded[key] = buf.getvalue()
+        if path.parent not in folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folders.add(path.parent)
+        path.write_bytes(encoded[key])
+
+
+def generate_published(root: str | Path, layout: str, seed: int | None = None, height: int | None = None,
+                       width: int | None = None, pixels: str = "drawn", overwrite: bool = False) -> Path:
+    """A stand-in of data set `layout` at its published size, in its real layout, at `root` (the data set
+    folder itself; `published_root(base, layout)` is its real folder under a common base).
+
+    Identities, images and cameras per split are those of `mhsa.data.check.PUBLISHED` (exactly), with the
+    junk and distractor files the real set has, drawn at `PUBLISHED_SIZE` unless `height`/`width` say
+    otherwise. The published-statistics check accepts it as the real data set (`data_source: real`): its
+    `.complete` marker says `published: true`, so it is checked against the published numbers, not against
+    generator parameters. `pixels`: `drawn` (every image rendered, as `generate`) or `blank` (one image per
+    camera copied under every name: the names, folders and counts only, for tests of parsers and checks).
+    Same arguments, same bytes; a finished tree with the same parameters is left alone.
+    """
+    if layout not in PUBLISHED_FOLDERS:
+        raise UnknownDatasetError(f"unknown data set {layout!r}; known: {', '.join(PUBLISHED_FOLDERS)}")
+    if pixels not in ("drawn", "blank"):
+        raise ConfigError(f"pixels must be drawn or blank, got {pixels!r}")
+    height, width = height or PUBLISHED_SIZE[0], width or PUBLISHED_SIZE[1]
+    seed = dataset_seed(layout) if seed is None else seed
+    params = generator_params(layout, seed, 1, 3, None, height, width, None)
+    params = {k: params[k] for k in ("layout", "seed", "num_cams", "height", "width", "variant")}
+    params.update(published=True, pixels=pixels)
+    out = Path(root)
+    with held(lock_path(out)):
+        if not _prepare(out, params, overwrite):
+            return out
+        (out / "README.txt").write_text(_readme(layout, params))
+        rng = _rng(seed, 29, zlib.crc32(layout.encode()))
+        shots = _published_plan(params, rng)
+        if pixels == "blank":
+            _write_blank(out, params, shots)
+        else:
+            _write_images(out, params, shots)
+        atomic_write_text(out / COMPLETE_MARKER, json.dumps(params, sort_keys=True))
+    return out
+
+
+def published_root(base: str | Path, layout: str) -> Path:
+    """Where `layout`'s stand-in goes under `base`: the real release's folder name (docs/data.md)."""
+    return Path(base) / PUBLISHED_FOLDERS[layout]
+
+
+def _published_one(args: tuple) -> tuple[str, float]:
+    import time
+
+    base, layout, seed, height, width, pixels = args
+    t0 = time.perf_counter()
+    generate_published(published_root(base, layout), layout, seed, height, width, pixels)
+    return layout, time.perf_counter() - t0
+
+
+def generate_all_published(base: str | Path, layouts: list[str] | None = None, jobs: int = 1,
+                           seed: int | None = None, height: int | None = None, width: int | None = None,
+                           pixels: str = "drawn") -> dict[str, float]:
+    """Every data set's published-size stand-in under `base`, `jobs` at a time (largest first); returns the
+    seconds each took."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .check import PUBLISHED
+
+    layouts = list(layouts or PUBLISHED_FOLDERS)
+    layouts.sort(key=lambda n: -sum(PUBLISHED[n][s][1] for s in ("train", "query", "gallery")))
+    work = [(str(base), n, seed, height, width, pixels) for n in layouts]
+    if jobs <= 1:
+        return dict(map(_published_one, work))
+    with ProcessPoolExecutor(jobs) as pool:
+        return dict(pool.map(_published_one, work))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mhsa.data.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="data set folder to write (with several layouts: the "
@@ -592,8 +806,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--variant", choices=VARIANTS, default=None)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--published", action="store_true",
+                    help="each data set at its published size in its real folder under --root "
+                         "(generate_published; --num-ids/--images-per-id/--variant do not apply)")
+    ap.add_argument("--pixels", choices=("drawn", "blank"), default="drawn", help="with --published")
+    ap.add_argument("--jobs", type=int, default=1, help="with --published: data sets generated at once")
     args = ap.parse_args(argv)
     layouts = names() if args.layout == ["all"] else args.layout
+    if args.published:
+        times = generate_all_published(args.root, layouts, args.jobs, args.seed,
+                                       args.height if args.height != 128 else None,
+                                       args.width if args.width != 64 else None, args.pixels)
+        for layout in layouts:
+            print(load(layout, published_root(args.root, layout)).summary(), f"\n  generated in {times[layout]:.1f} s")
+        return
     for layout in layouts:
         out = generate(
             args.root if len(layouts) == 1 else Path(args.root) / layout, layout,

@@ -103,6 +103,20 @@ def _load_pretrained(
         ) from None
 
 
+def seeded_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision ResNet `name` initialised from `seed` (torchvision's own init): a
+    stand-in for ImageNet weights where none can be downloaded, so that the `model.pretrained: <path>` loading
+    path runs (the rehearsal preset, `pretrained: seeded`). Same name and seed, same tensors."""
+    if name not in _RESNETS:
+        raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return _RESNETS[name][0](weights=None).state_dict()
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
 def _imagenet_state_dict(weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
     filename = weights.url.rsplit("/", 1)[-1]
     try:

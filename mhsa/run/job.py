@@ -26,7 +26,7 @@ class TrainJob:
     threads: int
     preset: str
     tracking_uri: str | None = None
-    gpu_lock_dir: str | None = None
+    gpu_lock_dir: str | None = None  # None: this user's locks on this machine (mhsa.run.gpu_slots)
     gpu_slots: int | None = None
     gpu_wait_s: float = 86400.0
     tags: dict = field(default_factory=dict)  # extra MLflow tags of the cell's run
@@ -53,7 +53,7 @@ def run(job: TrainJob) -> None:
 def _train(job: TrainJob, log) -> None:
     from mhsa.config import build_run_config
     from mhsa.run.cell_lock import cell_lock
-    from mhsa.run.gpu_slots import gpu_slot
+    from mhsa.run.gpu_slots import check_assigned_gpu, gpu_slot
     from mhsa.run.tracking import log_job_log, study_tags
     from mhsa.run.train import train_cell
 
@@ -75,6 +75,7 @@ def _train(job: TrainJob, log) -> None:
         lock_dir=Path(job.gpu_lock_dir) if job.gpu_lock_dir else None,
         timeout=float(job.gpu_wait_s),
     ) as slot:
+        check_assigned_gpu(slot)  # a slot this job was given is a GPU it can use, or a one-line error
         log.info("cell %s: device slot %s, %d thread(s), checkpoints in %s",
                  job.cell, "cpu" if slot is None else slot, job.threads, ckpt_dir)
         t0 = time.time()

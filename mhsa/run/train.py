@@ -22,7 +22,6 @@ import resource
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import AuthorsSampler, PKSampler, build_sampler
 from mhsa.data.synthetic import dataset_seed, generate, is_complete
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
-from mhsa.errors import CheckpointError, DataError, DeviceError
+from mhsa.errors import CheckpointError, DataError
 from mhsa.evaluation import evaluate_modes_per_query, extract_features
 from mhsa.evaluation.diagnostics import cell_diagnostics
 from mhsa.evaluation.modes import base_modes, default_modes
@@ -55,6 +54,13 @@ from mhsa.run.checkpoint import (
     finalize_checkpoint,
     load_checkpoint,
     save_checkpoint,
+)
+from mhsa.run.device import (  # noqa: F401  (pick_device: re-exported for callers of train)
+    autocast_for,
+    check_amp,
+    configure_cuda,
+    pick_device,
+    use_channels_last,
 )
 from mhsa.run.optim import lr_at, make_optimizer, set_lr
 from mhsa.run.progress import Progress
@@ -77,22 +83,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------- setup
-def pick_device(name: str) -> torch.device:
-    """The `device` config key -> torch.device; a device this machine cannot use is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
-        raise DeviceError(f"config key 'device' is {name!r}; use auto, cpu, cuda or cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"config key 'device' is {name!r} but no CUDA device is visible "
-                          f"(CUDA_VISIBLE_DEVICES, drivers); use device: auto or cpu")
-    if index and int(index) >= torch.cuda.device_count():
-        raise DeviceError(f"config key 'device' is {name!r} but only {torch.cuda.device_count()} CUDA "
-                          "device(s) are visible; use cuda:0 or auto")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, epoch: int = 0) -> int:
     """One seed per (run seed, epoch): resuming at epoch e replays exactly what epoch e would do."""
     s = (seed * 1_000_003 + epoch) % (2**31 - 1)
@@ -119,12 +109,6 @@ def eval_targets(cfg: RunConfig) -> dict:
         modes = list(t.get("modes") or default_modes(cfg.model.mhsam))
         out[name] = (ensure_data(name, t["root"], synthetic), modes)
     return out
-
-
-def autocast_for(cfg: RunConfig, device: torch.device):
-    if device.type != "cuda" or cfg.amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
 def train_loader(cfg: RunConfig, ds, sampler: PKSampler | AuthorsSampler, device: torch.device,
@@ -206,17 +190,22 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device,
     results = {}
     rerank = {"k1": cfg.eval.rerank_k1, "k2": cfg.eval.rerank_k2, "lambda_value": cfg.eval.rerank_lambda}
     for name, (ds, modes) in targets.items():
-        base = base_modes(modes)
-        cuda = device.type == "cuda"
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
-        kw = {"device": device, "modes": base, "amp_dtype": amp, "channels_last": cuda and cfg.channels_last}
+        # fp32, whatever the training's autocast: ranking, mAP and re-ranking on unrounded embeddings
+        # (bf16 and fp16 cells would otherwise rank differently); a small share of a cell's time
+        kw = {"device": device, "modes": base_modes(modes), "channels_last": use_channels_last(cfg, device)}
+        t0 = time.perf_counter()
         q = extract_features(model, test_batches(cfg, name, ds, "query", device), **kw)
         g = extract_features(model, test_batches(cfg, name, ds, "gallery", device), **kw)
+        t1 = time.perf_counter()
         results[name], pq = evaluate_modes_per_query(q["features"], g["features"], q["pids"], g["pids"],
                                                      q["camids"], g["camids"], modes, rerank_params=rerank,
                                                      rerank_input=cfg.eval.rerank_input)
         if per_query is not None:
             per_query[name] = per_query_json(pq)
+        n = len(ds.query) + len(ds.gallery)
+        log.info("eval %s: features of %d + %d images in %.1f s (%.1f images/s), %d test modes in %.1f s",
+                 name, len(ds.query), len(ds.gallery), t1 - t0, n / max(t1 - t0, 1e-9), len(modes),
+                 time.perf_counter() - t1)
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results
@@ -287,11 +276,30 @@ class Cell:
     def persistent_loader(self) -> bool:
         return self.device.type == "cuda" and self.cfg.data.workers > 0
 
+    @property
+    def batch(self) -> int:
+        return self.cfg.data.p * self.cfg.data.k
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this cell trains: the recipe's, or fewer where `optim.max_steps` caps the steps (the
+        last of them cut short)."""
+        cap, epochs = self.cfg.optim.max_steps, self.cfg.optim.epochs
+        if not cap:
+            return epochs
+        return min(epochs, -(-cap // max(len(self.sampler) // self.batch, 1)))
+
+    def steps_left(self) -> int | None:
+        """Optimiser steps the cap still allows (None: no cap); every step trains one full batch."""
+        cap = self.cfg.optim.max_steps
+        return None if not cap else max(cap - self.images_seen // self.batch, 0)
+
 
 def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None = None,
                tracking_uri: str | None = None) -> dict:
     """Train one cell (resuming from `ckpt_dir/last.pt` if there) and evaluate it; returns metrics.json's dict."""
     device = pick_device(cfg.device)
+    check_amp(cfg.amp, device)  # bf16 on a GPU without it: one line naming `amp`, before anything is written
     out_dir = Path(out_dir)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,6 +308,8 @@ def train_cell(cfg: RunConfig, out_dir: str | Path, ckpt_dir: str | Path | None 
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
         cpu_kernels.check(cfg.cpu_kernels)
+    else:
+        configure_cuda(cfg.amp)
     env = {**environment(), **cpu_kernels.describe(cfg.cpu_kernels)}
     log.info("cell %s | git %s | host %s | torch %s | device %s | CPU kernels %s (%s)", cfg.name, env["git_sha"],
              env["host"], env["torch"], device, env["cpu_capability"], cfg.cpu_kernels)
@@ -339,7 +349,7 @@ def set_up(cfg: RunConfig, device: torch.device, ckpt_dir: Path) -> Cell:
     sampler = build_sampler(cfg.data.sampler, [pid for _, pid, _ in train_set.train], cfg.data.p, cfg.data.k,
                             seed=cfg.seed)
     seed_everything(cfg.seed)  # the initial weights depend on the run seed only
-    fmt = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
+    fmt = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
     model = build_model_from_config(train_set.num_train_pids, cfg.model).to(device).to(memory_format=fmt)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys (checkpoints) stay those of the eager model
@@ -357,7 +367,7 @@ def resume(cell: Cell) -> None:
     if state is None:
         return
     check_resumable(cell.cfg, state, cell.ckpt_path)
-    if not state["optimizer"] and state["epoch"] < cell.cfg.optim.epochs:
+    if not state["optimizer"] and state["epoch"] < cell.epochs:
         raise CheckpointError(f"checkpoint {cell.ckpt_path} holds the final weights of a finished cell (epoch "
                               f"{state['epoch']}), not a state to train on from; delete the directory "
                               f"{cell.ckpt_path.parent} to train this cell again")
@@ -374,7 +384,7 @@ def resume(cell: Cell) -> None:
 
 def checkpoint_state(cell: Cell) -> dict:
     """After the last epoch nothing trains on from it, so it holds the weights only (a rerun evaluates)."""
-    final = cell.epoch >= cell.cfg.optim.epochs
+    final = cell.epoch >= cell.epochs
     return {"model": cell.model.state_dict(), "optimizer": {} if final else cell.optimizer.state_dict(),
             "scaler": {} if final else cell.scaler.state_dict(), "epoch": cell.epoch, "history": cell.history,
             "train_seconds": cell.train_seconds, "images_seen": cell.images_seen,
@@ -407,7 +417,7 @@ def train_epochs(cell: Cell, tracker: CellTracker) -> None:
     loader = None
     if cell.persistent_loader and cell.train_cache is None:
         loader = train_loader(cfg, cell.train_set, cell.sampler, cell.device, cell.epoch + 1)
-    for epoch in range(cell.epoch + 1, cfg.optim.epochs + 1):
+    for epoch in range(cell.epoch + 1, cell.epochs + 1):
         seed_everything(cfg.seed, epoch)
         cell.sampler.set_epoch(epoch)
         lr = lr_at(cfg.optim, epoch)
@@ -433,17 +443,27 @@ def cached_train_batches(cell: Cell, epoch: int) -> CachedBatches:
 def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> dict:
     """One pass over the P x K batches; returns the epoch's history row (each loss term's mean)."""
     cell.model.train()
-    names, sums = None, None
+    names, sums, steps = None, None, []
     n_iter, t0 = 0, time.perf_counter()
-    bar = Progress(len(loader), f"epoch {epoch}/{cell.cfg.optim.epochs}")
+    left = cell.steps_left()
+    total = len(loader) if left is None else min(len(loader), left)
+    bar = Progress(total, f"epoch {epoch}/{cell.epochs}")
     for imgs, pids, _, _ in loader:
-        step_names, values = forward_backward(cell, imgs, pids, epoch, n_iter + 1, lr)
+        if n_iter == total:  # optim.max_steps reached: the cell's last epoch ends here
+            break
+        step_names, values = forward_backward(cell, imgs, pids)
         names = names or step_names
         n_iter += 1
         sums = values if sums is None else sums + values
-        if bar.enabled:
+        steps.append(values)
+        if bar.enabled:  # an interactive bar reads the loss (a host sync); a job's log does not
             bar.update(n_iter, f"loss {float(values[0]):.3f}")
     bar.close()
+    # No host sync per step: the terms stay on the device and are checked once per epoch, before the
+    # epoch's checkpoint is written (a non-finite term makes the sum non-finite), so weights trained on a
+    # NaN are never saved.
+    if sums is not None and not bool(torch.isfinite(sums).all()):
+        raise_non_finite(cell.cfg, names, steps, epoch, lr)
     seconds = time.perf_counter() - t0
     images = n_iter * cell.cfg.data.p * cell.cfg.data.k  # every batch is full (drop_last)
     cell.epoch = epoch
@@ -456,26 +476,30 @@ def train_one_epoch(cell: Cell, loader: DataLoader, epoch: int, lr: float) -> di
     return row
 
 
-def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor, epoch: int, iteration: int,
-                     lr: float) -> tuple[list[str], torch.Tensor]:
-    """One optimiser step on one batch; returns the loss-term names ("loss" first) and their values."""
+def raise_non_finite(cfg: RunConfig, names: list[str], steps: list[torch.Tensor], epoch: int, lr: float):
+    """The first step of the epoch whose loss terms are not all finite, named with its terms."""
+    table = torch.stack(steps).cpu()
+    iteration = int((~torch.isfinite(table)).any(1).nonzero()[0, 0]) + 1
+    bad = [n for n, v in zip(names, table[iteration - 1].tolist(), strict=True) if not math.isfinite(v)]
+    lo = cfg.loss
+    raise NonFiniteLossError(
+        f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {iteration}: "
+        f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
+        f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
+        f"gamma={lo.gamma:g}); lower optim.lr or check the data")
+
+
+def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """One optimiser step on one batch; returns the loss-term names ("loss" first) and their values, on
+    the device (reading them is the caller's host sync)."""
     cfg, device = cell.cfg, cell.device
     imgs = imgs.to(device, non_blocking=True, memory_format=cell.memory_format)
     pids = pids.to(device, non_blocking=True)
     with autocast_for(cfg, device):
         outputs = cell.model(imgs)
     total, terms = cell.criterion(outputs, pids)
-    # One host sync per step: all terms checked and summed on the device together.
     names = ["loss", *terms]
     values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
-    if not bool(torch.isfinite(values).all()):
-        bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
-        lo = cfg.loss
-        raise NonFiniteLossError(
-            f"cell {cfg.name!r}: non-finite loss at epoch {epoch}, iteration {iteration}: "
-            f"term(s) {', '.join(repr(b) for b in bad)} (lr {lr:g}, loss weights "
-            f"lambda1={lo.lambda1:g} lambda2={lo.lambda2:g} lambda3={lo.lambda3:g} "
-            f"gamma={lo.gamma:g}); lower optim.lr or check the data")
     cell.optimizer.zero_grad(set_to_none=True)
     cell.scaler.scale(total).backward()
     if cfg.optim.grad_clip:
@@ -489,13 +513,13 @@ def forward_backward(cell: Cell, imgs: torch.Tensor, pids: torch.Tensor, epoch: 
 def end_of_epoch(cell: Cell, tracker: CellTracker, row: dict) -> None:
     """Log the epoch; evaluate every `eval.every` epochs; checkpoint every `checkpoint_every` and at the end."""
     cfg, epoch = cell.cfg, cell.epoch
-    log.info("epoch %d/%d  %s", epoch, cfg.optim.epochs,
+    log.info("epoch %d/%d  %s", epoch, cell.epochs,
              "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     tracker.log_metrics(epoch_metrics(row, cfg.loss), step=epoch)  # Train/... (mhsa.run.run_metrics)
-    if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cfg.optim.epochs:
+    if cfg.eval.every and epoch % cfg.eval.every == 0 and epoch < cell.epochs:
         mid = evaluate_cell(cfg, cell.model, cell.targets, cell.device)
         tracker.log_metrics(eval_metrics(mid, only=("rank1", "mAP")), step=epoch)
-    if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.optim.epochs:
+    if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cell.epochs:
         save_checkpoint(cell.ckpt_path, checkpoint_state(cell))
 
 
@@ -514,7 +538,8 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
         "eval": results,
         "train": {"seconds": cell.train_seconds,
                   "images_per_s": cell.images_seen / max(cell.train_seconds, 1e-9),
-                  "peak_mem_mb": _peak_memory_mb(device), "epochs": cfg.optim.epochs, "device": str(device),
+                  "peak_mem_mb": _peak_memory_mb(device), "epochs": cell.epochs,
+                  "steps": cell.images_seen // cell.batch, "device": str(device),
                   "mlflow_run_id": cell.run_id, **env},
         "history": cell.history,
         # what the numbers are averaged over (e.g. queries without a valid match are left out)
@@ -524,7 +549,7 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    _log_final(tracker, cfg, metrics, out_dir)
+    _log_final(tracker, cfg, metrics, out_dir, cell.epochs)
     return metrics
 
 
@@ -534,12 +559,12 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path) -> None:
+def _log_final(tracker: CellTracker, cfg: RunConfig, metrics: dict, out_dir: Path, epochs: int) -> None:
     save_config(cfg, out_dir / "config.yaml")
     if not tracker.enabled:
         return
     # eval/, diag/ and run/ at the last epoch: the names and steps sync-mlflow replays (mhsa.run.run_metrics)
-    tracker.log_metrics(final_metrics(metrics), step=cfg.optim.epochs)
+    tracker.log_metrics(final_metrics(metrics), step=epochs)
     tracker.log_dict(metrics["diagnostics"], DIAGNOSTICS_ARTIFACT)  # per head: entropy, mass, overlap, scores
     for name in ("config.yaml", "metrics.json"):
         tracker.log_artifact(out_dir / name)

@@ -67,6 +67,9 @@ AUTHORS_TAGS = (
 BASELINE_AUTHORS_KEYS = ("model.extra_bottleneck", "model.init", "loss.label_smoothing",
                          "data.random_erasing", "data.erasing", "data.cutout_side", "data.sampler", "optim.warmup",
                          "optim.milestone_epoch")
+# `model.pretrained: seeded` in a preset's recipe: a seeded random state dict of the cell's backbone that the
+# workflow writes once (rule seeded_weights), for rehearsals without ImageNet weights.
+SEEDED = "seeded"
 
 
 class StudyError(ConfigError):
@@ -225,6 +228,65 @@ def resolve_preset(config: dict, preset: str | None = None, results_dir: str | N
     for part in ("tables", "figures"):
         if part in p:
             out[part] = _preset_selection(config, preset, part, p[part])
+    if "datasets" in p:  # the preset's own roots (e.g. the rehearsal's stand-ins), entry by entry
+        check_keys(f"presets.{preset}.datasets", p["datasets"], list(config.get("datasets") or {}))
+        out["datasets"] = deep_merge(config.get("datasets") or {}, p["datasets"])
+    out["dataset_recipe"] = _dataset_recipe(preset, p.get("dataset_recipe"), out)
+    if "rows" in p:
+        out["tables"] = _row_selection(preset, p["rows"], out.get("tables") or {})
+    return out
+
+
+# Run-config sections a preset's `dataset_recipe` may change: the model and input of one training set's
+# cells; never what the rows decide (knobs, seed, data set, test sets), which cell_overrides sets.
+_DATASET_RECIPE_FORBIDDEN = ("name", "seed", "eval", "tracking", "data.dataset", "data.root", "data.synthetic",
+                             "model.mhsam", "model.num_heads", "model.fusion", "model.residual", "loss")
+
+
+def _dataset_recipe(preset: str, spec, cfg: dict) -> dict:
+    """`presets.<preset>.dataset_recipe`: training set -> a recipe fragment merged over the recipe for the cells
+    trained on that set (e.g. a smaller model and input where time demands); checked like the recipe."""
+    if spec is None:
+        return {}
+    where = f"presets.{preset}.dataset_recipe"
+    check_keys(where, spec, list(cfg.get("datasets") or {}))
+    for name, fragment in spec.items():
+        flat = _flat_keys(fragment or {})
+        bad = [k for k in flat if any(k == f or k.startswith(f + ".") for f in _DATASET_RECIPE_FORBIDDEN)]
+        if bad:
+            raise StudyError(f"config.yaml: {where}.{name}: {bad} are set by the rows and the data sets, not by a "
+                             "recipe; a dataset_recipe may change the model and the input only")
+        try:
+            build_run_config(deep_merge(cfg["recipe"], fragment or {}))
+        except ConfigError as err:
+            raise StudyError(f"config.yaml: {where}.{name}: {err}") from None
+    return copy.deepcopy(spec)
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [prefix + k]
+    return out
+
+
+def _row_selection(preset: str, names, tables: dict) -> dict:
+    """`presets.<preset>.rows`: only the rows of these names in the preset's tables; a name no selected table
+    has, or a table left without rows, is an error (a typo must not drop rows silently)."""
+    where = f"presets.{preset}.rows"
+    if not isinstance(names, list) or not names:
+        raise StudyError(f"config.yaml: {where}: expected a list of row names, got {names!r}")
+    check_unique(where, names, "row")
+    unknown = [n for n in names if not any(r.get("row") == n for t in tables.values() for r in t.get("rows", []))]
+    if unknown:
+        raise StudyError(f"config.yaml: {where}: no table of the preset has the row(s) {unknown}")
+    out = {}
+    for tid, table in tables.items():
+        rows = [r for r in table.get("rows", []) if r.get("row") in names]
+        if not rows:
+            raise StudyError(f"config.yaml: {where} leaves Table {tid} without rows; drop it from "
+                             f"presets.{preset}.tables or keep one of its rows")
+        out[tid] = {**table, "rows": rows}
     return out
 
 
@@ -555,7 +617,17 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
         # Re-ranked results depend on it, the weights do not: named in the cells that re-rank, so that a
         # change of its default reruns (re-evaluates) them and `mhsa.study.tables` can tell stale results.
         own["eval"]["rerank_input"] = RERANK_INPUTS[0]
-    return deep_merge(own, _nest(k.get("authors") or {}))
+    fragment = (cfg.get("dataset_recipe") or {}).get(cell.dataset) or {}
+    own = deep_merge(deep_merge(fragment, own), _nest(k.get("authors") or {}))
+    model = deep_merge(cfg.get("recipe", {}).get("model") or {}, own.get("model") or {})
+    if model.get("pretrained") == SEEDED:  # the seeded random weights of the cell's backbone (rule seeded_weights)
+        own["model"]["pretrained"] = seeded_weights_path(cfg, model.get("backbone", "resnet50"))
+    return own
+
+
+def seeded_weights_path(config: dict, backbone: str) -> str:
+    """Where the workflow writes the seeded random weights of `backbone` (`model.pretrained: seeded`)."""
+    return f"{str(config.get('results_dir', 'results')).rstrip('/')}/pretrained/seeded-{backbone}.pth"
 
 
 def load_study_config(path: str | Path) -> dict:

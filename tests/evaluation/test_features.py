@@ -91,6 +91,31 @@ def test_extract_features_autocast_channels_last():
     assert res["features"]["global"].dtype == torch.float32
 
 
+def test_features_are_fp32_inside_the_trainings_autocast():
+    """The training step runs under autocast; evaluation must not: features computed under bf16 autocast
+    are rounded, and ranking, mAP and re-ranking would see those rounded embeddings (hand-checked below:
+    the fp32 product of these weights is not representable in bf16)."""
+
+    class LinearReid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(12, 16, bias=False)
+            with torch.no_grad():
+                self.lin.weight.copy_(torch.linspace(-1.0, 1.0, 192).reshape(16, 12) * 1.0009765625)
+
+        def forward(self, x):
+            return {"global": self.lin(x.flatten(1))}
+
+    model, loader = LinearReid(), _loader()
+    exact = torch.cat([model.lin(b[0].flatten(1)) for b in loader]).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the training's autocast, still on
+        res = extract_features(model, loader, modes=("global",))
+        rounded = model.lin(loader[1][0].flatten(1))
+    assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), exact[3:6])  # it would round
+    assert res["features"]["global"].dtype == torch.float32
+    assert torch.equal(res["features"]["global"], exact)
+
+
 def test_evaluate_modes_percent_and_rerank():
     rng = np.random.default_rng(0)
     nq, ng, d = 20, 60, 8

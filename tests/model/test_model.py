@@ -256,3 +256,19 @@ def test_offline_imagenet_error_says_where_to_put_the_file(monkeypatch):
         build_model(num_classes=5, backbone="resnet18", pretrained="imagenet")
     message = str(err.value)
     assert torch.hub.get_dir() in message and "resnet18-f37072fd.pth" in message
+
+
+def test_seeded_weights_are_a_loadable_state_dict_that_repeats(tmp_path):
+    """`model.pretrained: seeded` (the rehearsal): torchvision's init from a seed, the same tensors for the
+    same seed, loaded through the `pretrained: <path>` path; the global RNG is left as it was."""
+    from mhsa.model.backbone import Backbone, seeded_state_dict
+
+    rng = torch.random.get_rng_state()
+    a, b, c = seeded_state_dict("resnet18", 0), seeded_state_dict("resnet18", 0), seeded_state_dict("resnet18", 1)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+    path = tmp_path / "seeded-resnet18.pth"
+    torch.save(a, path)
+    backbone = Backbone("resnet18", pretrained=str(path))
+    assert torch.equal(backbone.stem[0].weight, a["conv1.weight"])

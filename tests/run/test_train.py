@@ -345,3 +345,104 @@ def test_the_authors_sampler_and_cutout_reach_the_training_batches(data_root, tm
         assert len(set(pids.tolist())) == cfg.data.p
         zero = (imgs == 0).all(1)  # B x H x W: the Cutout square (normalised space)
         assert (zero.flatten(1).sum(1) >= side * side).all()
+
+
+# ------------------------------------------------------------------ precision on (simulated) GPUs
+def _gpu(monkeypatch, name, capability):
+    """A CUDA device as torch would describe it: `is_bf16_supported` True with emulation on any GPU, without
+    it only from compute capability 8.0 (torch.cuda.is_bf16_supported's own rule)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability[0] >= 8)
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused_naming_amp(data_root, tmp_path, monkeypatch):
+    """The paper's GeForce 2080 Ti (7.5): bf16 would be emulated, slow and likely out of memory; the cell
+    stops with one line naming `amp` before anything is written. fp16 and fp32 run; an A100 runs bf16."""
+    from mhsa.run import device
+
+    _gpu(monkeypatch, "NVIDIA GeForce RTX 2080 Ti", (7, 5))
+    cuda = torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"config key 'amp' is 'bf16' but NVIDIA GeForce RTX 2080 Ti \(compute "
+                                          r"capability 7\.5\) has no bf16 units.*amp: fp16"):
+        device.check_amp("bf16", cuda)
+    device.check_amp("fp16", cuda)
+    device.check_amp("off", cuda)
+    device.check_amp("bf16", torch.device("cpu"))  # CPU cells run in fp32 whatever amp says
+    cfg = tiny_cfg(data_root, tmp_path, device="cuda", amp="bf16")
+    with pytest.raises(ConfigError, match="config key 'amp'"):
+        train_mod.train_cell(cfg, tmp_path / "out", tracking_uri=sqlite_uri(tmp_path))
+    assert not (tmp_path / "out").exists()
+    _gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
+    device.check_amp("bf16", cuda)
+
+
+def test_evaluation_asks_for_no_autocast_whatever_the_cells_amp(data_root, tmp_path, monkeypatch):
+    """A bf16 (or fp16) cell on a GPU is evaluated in fp32: features, ranking and re-ranking see unrounded
+    embeddings, and bf16 and fp16 cells of one model rank alike (simulated CUDA device, nothing runs on it)."""
+    seen = []
+
+    def fake_extract(model, batches, **kw):
+        seen.append(kw)
+        return {"features": {}, "pids": None, "camids": None}
+
+    monkeypatch.setattr(train_mod, "extract_features", fake_extract)
+    monkeypatch.setattr(train_mod, "test_batches", lambda *a: [])
+    monkeypatch.setattr(train_mod, "evaluate_modes_per_query", lambda *a, **k: ({}, {}))
+    for amp in ("bf16", "fp16"):
+        cfg = tiny_cfg(data_root, tmp_path, amp=amp)
+        train_mod.evaluate_cell(cfg, None, {"market1501": (None, ["global"])}, torch.device("cuda"))
+    assert len(seen) == 4 and all(kw.get("amp_dtype") is None for kw in seen), seen
+    assert all(kw["channels_last"] for kw in seen)  # channels_last stays on CUDA
+
+
+def test_non_finite_loss_is_found_without_a_sync_per_step_and_names_the_first_bad_step(data_root, tmp_path,
+                                                                                          monkeypatch):
+    """The finiteness check reads the loss once per epoch (no host sync per step on a GPU), still names the
+    first bad iteration and term, and stops before that epoch's checkpoint is written."""
+    from mhsa import losses
+
+    real_forward = losses.Criterion.forward
+    calls = []
+
+    def nan_on_third(self, outputs, pids):
+        total, terms = real_forward(self, outputs, pids)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["ihtl"] = torch.tensor(float("inf"))
+        return total, terms
+
+    reads = []
+    real_isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: reads.append(1) or real_isfinite(t))
+    monkeypatch.setattr(losses.Criterion, "forward", nan_on_third)
+    cfg = tiny_cfg(data_root, tmp_path)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"epoch 1, iteration 3: term\(s\) 'ihtl'"):
+        train_mod.train_cell(cfg, tmp_path / "inf", tracking_uri=sqlite_uri(tmp_path))
+    assert len(calls) > 3 and len(reads) <= 2  # the epoch ran on; one check for it (+ the locator)
+    assert not (tmp_path / "inf" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_step_cap_cuts_the_schedule_and_is_part_of_the_cells_identity(data_root, tmp_path):
+    """optim.max_steps (the rehearsal preset): the cell follows the recipe's schedule and stops after that
+    many optimiser steps, its last epoch cut short; the cap is weight-defining, left out of the identity at
+    its default of 0 (checkpoints and digests of earlier cells unchanged)."""
+    from mhsa.config import weights_config
+
+    cfg = tiny_cfg(data_root, tmp_path)
+    per_epoch = len(train_mod.PKSampler([p for _, p, _ in train_mod.datasets.load("market1501", data_root).train],
+                                        4, 2, seed=0)) // 8
+    assert per_epoch >= 2
+    capped = tiny_cfg(data_root, tmp_path, optim={"max_steps": per_epoch + 1})
+    m = train_mod.train_cell(capped, tmp_path / "capped", tracking_uri=sqlite_uri(tmp_path))
+    assert m["train"]["epochs"] == 2 and m["train"]["steps"] == per_epoch + 1  # 3 epochs in the recipe
+    assert [row["epoch"] for row in m["history"]] == [1, 2]
+    assert m["history"][1]["lr"] == optim.lr_at(capped.optim, 2)  # the recipe's schedule, cut, not squeezed
+    assert "optim.max_steps" not in weights_config(cfg)
+    assert weights_config(capped)["optim.max_steps"] == str(per_epoch + 1)
+    # rerun: finished (the final weights of epoch 2 are the cell's end), it only re-evaluates
+    again = train_mod.train_cell(capped, tmp_path / "capped", tracking_uri=sqlite_uri(tmp_path))
+    assert again["train"]["steps"] == per_epoch + 1 and again["eval"] == m["eval"]

@@ -277,3 +277,49 @@ def test_every_cell_is_evaluated_in_every_branch(config):
                 assert {"global", "local", "concat", *(f"head{i}" for i in range(1, K + 1))} <= set(target["modes"])
             else:
                 assert "global" in target["modes"]
+
+
+def test_the_rehearsal_preset_is_the_paper_recipe_on_published_size_stand_ins(config):
+    """One cell per training set; Market-1501 at the paper's recipe with Table I's test modes and Table IV's
+    sets, the other sets on the reduced model and input their dataset_recipe states; seeded weights of each
+    backbone under the results directory; the step cap in every cell."""
+    from mhsa.config import build_run_config
+
+    study = build_study(config, "rehearsal")
+    paper = build_study(config, "paper")
+    assert {c.dataset for c in study.cells.values()} == {"market1501", "dukemtmc", "cuhk03_detected",
+                                                           "cuhk03_labeled", "occluded_duke", "p_dukemtmc"}
+    assert set(study.cells) <= set(paper.cells)  # the paper's own cells (ids), a subset of its grid
+    for cell in study.cells.values():
+        cfg = build_run_config(study.config["recipe"], cell_overrides(study, cell))
+        assert cfg.optim.max_steps == 2 and cfg.device == "cpu" and cfg.data.root.startswith("data/rehearsal/")
+        assert cfg.optim.epochs == 400 and (cfg.data.p, cfg.data.k) == (32, 4) and cfg.model.last_stride == 1
+        if cell.dataset == "market1501":
+            assert (cfg.model.backbone, cfg.data.height, cfg.data.width) == ("resnet50", 384, 128)
+            assert cfg.model.pretrained == "results/rehearsal/pretrained/seeded-resnet50.pth"
+            assert set(cell.targets) == {"market1501", "partial_reid", "partial_ilids"}
+            assert {"concat", "local", "concat_rerank"} <= set(cfg.eval.targets["market1501"]["modes"])
+        else:
+            assert (cfg.model.backbone, cfg.data.height, cfg.data.width) == ("resnet18", 128, 64)
+            assert cfg.model.pretrained == "results/rehearsal/pretrained/seeded-resnet18.pth"
+    moved = build_study(config, "rehearsal", results_dir="elsewhere")
+    cell = next(iter(moved.cells.values()))
+    assert cell_overrides(moved, cell)["model"]["pretrained"] == "elsewhere/pretrained/seeded-resnet50.pth"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"rows": ["MHSA-Net (K=9)"]},
+     r"presets.rehearsal.rows: no table of the preset has the row\(s\) \['MHSA-Net \(K=9\)'\]"),
+    ({"rows": ["Baseline"], "tables": ["I", "VIII"]}, r"presets.rehearsal.rows leaves Table VIII without rows"),
+    ({"dataset_recipe": {"dukemtmc": {"loss": {"lambda1": 1.0}}}},
+     r"dataset_recipe.dukemtmc: \['loss.lambda1'\] are set by the rows"),
+    ({"dataset_recipe": {"dukemtmc": {"model": {"num_heads": 4}}}}, r"\['model.num_heads'\] are set by the rows"),
+    ({"dataset_recipe": {"dukmtmc": {}}}, r"presets.rehearsal.dataset_recipe: unknown key\(s\) \['dukmtmc'\]"),
+    ({"dataset_recipe": {"dukemtmc": {"data": {"height": 8}}}}, r"dataset_recipe.dukemtmc: .*'data.height'"),
+    ({"datasets": {"market1510": {"root": "x"}}}, r"presets.rehearsal.datasets: unknown key\(s\) \['market1510'\]"),
+])
+def test_a_presets_rows_datasets_and_dataset_recipe_are_checked(config, entry, message):
+    bad = copy.deepcopy(config)
+    bad["presets"]["rehearsal"].update(entry)
+    with pytest.raises(StudyError, match=message):
+        build_study(bad, "rehearsal")

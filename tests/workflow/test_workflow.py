@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mhsa.study.build import build_study, table_number
+from mhsa.study.build import build_study, cell_overrides, table_number
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -109,7 +109,7 @@ def edit_config(wd: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-@pytest.mark.parametrize("preset", ["paper", "demo", "ci"])
+@pytest.mark.parametrize("preset", ["paper", "demo", "ci", "rehearsal"])
 def test_dry_run_lists_every_job_of_the_preset(wf, preset):
     study = build_study(_config(), preset)
     t0 = time.perf_counter()
@@ -119,13 +119,17 @@ def test_dry_run_lists_every_job_of_the_preset(wf, preset):
     counts = job_counts(proc)
     synthetic = study.config["data_source"] == "synthetic"
     needed = {c.dataset for c in study.cells.values()} | {t for c in study.cells.values() for t in c.targets}
+    seeded = {cell_overrides(study, c)["model"].get("pretrained") for c in study.cells.values()} - {None}
     assert counts == {
         "train_cell": len(study.cells),
         "mlflow_store": 1,
         "study": 1,
         "tables": 1,
         **({"synthetic_dataset": len(needed)} if synthetic else {}),
+        **({"seeded_weights": len(seeded)} if seeded else {}),  # one file per backbone, written once
     }
+    if preset == "rehearsal":  # one cell per training set; the weights of ResNet-50 and ResNet-18
+        assert len(study.cells) == 6 and len(seeded) == 2
     if preset == "paper":
         assert len(study.cells) >= 128  # the paper's tables alone need 128 distinct models
         assert seconds < 30, f"dry-run of the paper preset took {seconds:.1f} s"

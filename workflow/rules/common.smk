@@ -283,6 +283,12 @@ def train_inputs(wildcards):
     inputs = {"mlflow": ancient(MLFLOW_MARKER)}
     if SYNTHETIC:
         inputs["data"] = [data_marker(n) for n in cell_datasets(wildcards.cell)]
+    # `model.pretrained: seeded`: cell_overrides names the file rule seeded_weights writes
+    pretrained = train_overrides(wildcards)["model"].get("pretrained")
+    if isinstance(pretrained, str) and pretrained.startswith(
+        f"{RESULTS}/pretrained/seeded-"
+    ):
+        inputs["pretrained"] = pretrained
     return inputs
 
 
@@ -435,6 +441,11 @@ def check_real_data():
         f"preset {PRESET!r} uses real data sets; {len(problems)} of them have problems:"
     ]
     lines += [f"  - {p}" for p in problems]
+    if PRESET == "rehearsal":
+        lines.append(
+            "The rehearsal's stand-ins are generated once with: python -m mhsa.data.synthetic "
+            "--published --root data/rehearsal --layout all --jobs 2 (docs/data.md)."
+        )
     lines.append(
         "Put each data set at its `datasets.<name>.root` in config.yaml (or override it with "
         "--config), or run a synthetic preset (--config preset=demo). No job was started."

@@ -23,10 +23,28 @@ rule synthetic_dataset:
         "../scripts/synthetic_dataset.py"
 
 
+# `model.pretrained: seeded` (the rehearsal preset): a seeded random ResNet state dict, written once and
+# loaded by each cell through the `model.pretrained: <path>` path (no ImageNet weights offline).
+rule seeded_weights:
+    output:
+        f"{RESULTS}/pretrained/seeded-{{backbone}}.pth",
+    log:
+        f"{RESULTS}/logs/seeded_weights/{{backbone}}.log",
+    wildcard_constraints:
+        backbone="resnet18|resnet34|resnet50",
+    conda:
+        "../../envs/mhsa.yaml"
+    params:
+        seed=0,
+    script:
+        "../scripts/seeded_weights.py"
+
+
 # Seconds of work each: on a cluster they run on the submitting node, not as SLURM jobs.
 localrules:
     mlflow_store,
     synthetic_dataset,
+    seeded_weights,
 
 
 rule mlflow_store:

@@ -17,11 +17,10 @@ rule train_cell:
     conda:
         "../../envs/mhsa.yaml"
     threads: WF.get("train_threads", 1)
+    # mhsa.run.gpu_slots gives each job its own GPU; its locks belong to the machine and the user, not
+    # to this results directory, so two studies on one machine never share a GPU by accident.
     resources:
         gpu=1,
-        # Where mhsa.run.gpu_slots keeps its per-GPU lock files: a resource (like tmpdir), not a
-        # param, so that it never reruns a cell.
-        gpu_locks=f"{RESULTS}/.gpu_locks",
     params:
         overrides=train_overrides,
         recipe=CFG["recipe"],

@@ -3,7 +3,7 @@ worker when the workflow started one (mhsa.run.warm_worker), else here.
 
 Everything comes by name from the rule: the cell's overrides and the recipe (params), the
 checkpoint directory (param), the run directory (that of output.metrics, where train_cell writes
-metrics.json and attention.npz), the GPU lock directory (resources.gpu_locks) and the MLflow store
+metrics.json and attention.npz) and the MLflow store
 (MLFLOW_TRACKING_URI, exported by common.smk). The runs' `feeds` tag is set by the tables rule.
 This file imports no torch: a forked job pays no import.
 """
@@ -36,7 +36,6 @@ job = TrainJob(
     threads=int(snakemake.threads),
     preset=str(snakemake.config["preset"]),
     tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
-    gpu_lock_dir=str(snakemake.resources.gpu_locks),
     gpu_slots=wf.get("gpu_slots"),
     gpu_wait_s=float(wf.get("gpu_wait_s", 86400)),
     tags={"mlflow.source.name": "workflow/rules/train.smk:train_cell"},
