@@ -188,6 +188,11 @@ def flat_metrics(diag: Mapping) -> dict:
         for term, share in diag["losses"]["share"].items():
             if math.isfinite(share[-1]):
                 flat[f"diag.loss_share.{term}"] = share[-1]
+    if "attention_share" in diag:  # mean over heads, and the share a head spreading evenly would get
+        s = diag["attention_share"]
+        for cls, share, chance in zip(s["classes"], s["mean"], s["chance"], strict=True):
+            flat[f"diag.attention_share.{cls}"] = share
+            flat[f"diag.attention_share.{cls}_chance"] = chance
     return flat
 
 

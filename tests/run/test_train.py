@@ -282,3 +282,29 @@ def test_training_functions_stay_short():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name} is over 60 lines"
+
+
+def test_a_labelled_test_set_reports_where_each_head_looks(tmp_path):
+    """With the generator's label maps, metrics.json says each head's share of attention on background,
+    visible body and occluder over every query (docs/demo-study.md "The paper's premise")."""
+    root = tmp_path / "occluded_duke"
+    generate(root, "occluded_duke", seed=3, num_ids=6, images_per_id=5, height=32, width=16, labels=True)
+    over = {"data": {"dataset": "occluded_duke", "root": str(root), "cache_dir": str(tmp_path / "cache")},
+            "eval": {"targets": {"occluded_duke": {"root": str(root), "modes": ["concat"]}}},
+            "optim": {"epochs": 1, "milestones": []}, "tracking": {"enabled": False}, "checkpoint_every": 0}
+    metrics = train_mod.train_cell(tiny_cfg(root, tmp_path, **over), tmp_path / "out")
+    share = metrics["diagnostics"]["attention_share"]
+    assert share["dataset"] == "occluded_duke"
+    assert share["images"] == metrics["data"]["test"]["occluded_duke"]["queries"]
+    assert len(share["heads"]) == 3 and all(abs(sum(h) - 1) < 1e-6 for h in share["heads"])
+    assert share["chance"][2] > 0  # every query is occluded
+    base_over = {**over, "model": {"mhsam": False},
+                 "eval": {"targets": {"occluded_duke": {"root": str(root), "modes": ["global"]}}}}
+    baseline = train_mod.train_cell(tiny_cfg(root, tmp_path, **base_over), tmp_path / "base")
+    assert len(baseline["diagnostics"]["attention_share"]["heads"]) == 1  # its activation map
+
+
+def test_a_test_set_without_label_maps_reports_no_attention_share(data_root, tmp_path):
+    over = {"optim": {"epochs": 1, "milestones": []}, "tracking": {"enabled": False}, "checkpoint_every": 0}
+    metrics = train_mod.train_cell(tiny_cfg(data_root, tmp_path, **over), tmp_path / "plain")
+    assert "attention_share" not in metrics["diagnostics"]
