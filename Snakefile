@@ -9,6 +9,8 @@
 
 from snakemake.utils import min_version, validate
 
+from mhsa.study.keys import SCHEMA_PATH
+
 min_version("9.0")
 
 
@@ -19,7 +21,8 @@ include: "workflow/rules/config_files.smk"
 configfile: "config.yaml"
 
 
-validate(config, schema="workflow/schemas/config.schema.yaml")
+# the schema of the mhsa package that runs the jobs: one file, also the source of the study's key sets
+validate(config, schema=str(SCHEMA_PATH))
 
 
 include: "workflow/rules/common.smk"

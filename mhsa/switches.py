@@ -106,7 +106,7 @@ NONNEG, POSITIVE, COUNT, UNIT = Range(0), Range(0, lo_open=True), Range(1), Rang
 # Every int and float knob of the run config, with its range: the one place bounds live
 # (docs/architecture.md, "Where each allowed value and default lives"). `mhsa.config.validate` checks each (the
 # synthetic generator checks its own parameters against them too); tests/test_schema_drift.py fails
-# when a numeric field of any section has no entry here, or workflow/schemas/config.schema.yaml
+# when a numeric field of any section has no entry here, or mhsa/study/config.schema.yaml
 # states other bounds.
 # Relations between knobs (warm-up within the epochs, K within the feature map, P within the
 # identities) are checked in code below and by the data checks.

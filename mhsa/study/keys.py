@@ -1,8 +1,8 @@
 """The keys config.yaml may hold, read from its JSON schema (mhsa/study/config.schema.yaml), the one
 place they are written.
 
-The Snakefile validates config.yaml against that schema (also reachable as
-workflow/schemas/config.schema.yaml) and `mhsa.study.build` rejects, naming them, the keys these sets
+The Snakefile validates config.yaml against that schema (`SCHEMA_PATH`, the file of the installed
+package) and `mhsa.study.build` rejects, naming them, the keys these sets
 do not hold: a misspelled key is an error, never ignored (a row with `fusoin: concat` would otherwise
 silently become another row's cell). The schema's order is kept: `KNOBS` orders a cell's knobs.
 """

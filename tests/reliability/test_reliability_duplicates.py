@@ -16,6 +16,7 @@ from mhsa.config import ConfigError, build_run_config, load_run_config
 from mhsa.errors import ResultsError, describe
 from mhsa.io import DuplicateKeyError, load_text
 from mhsa.study.build import StudyError, build_study, load_study_config
+from mhsa.study.keys import SCHEMA_PATH
 from mhsa.study.tables import PAPER_CSV, load_paper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ def test_the_schema_rejects_the_same_duplicates():
     import jsonschema
     import yaml
 
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
     for edit in (lambda c: c.update(seeds=[0, 0]), lambda c: c["presets"]["ci"].update(tables=["II", "II"]),

@@ -14,6 +14,7 @@ import yaml
 from mhsa.config import ConfigError
 from mhsa.study import plots as P
 from mhsa.study.build import build_study, load_study_config
+from mhsa.study.keys import SCHEMA_PATH
 from mhsa.study.tables import load_paper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +143,7 @@ def test_plots_does_not_know_the_paper_by_name():
 
 
 def test_schema_lists_the_plot_kinds_of_the_code():
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     tables = schema["properties"]["tables"]["additionalProperties"]["properties"]["plot"]
     figures = schema["properties"]["figures"]["additionalProperties"]["properties"]["plot"]
     assert sorted(tables["properties"]["kind"]["enum"]) == sorted(P.TABLE_PLOTS)

@@ -1,6 +1,6 @@
 """The workflow schema and the package say the same thing: enums, patterns, bounds and key sets.
 
-Each check reads the value from workflow/schemas/config.schema.yaml and compares it with the
+Each check reads the value from config.yaml's schema (mhsa/study/config.schema.yaml) and compares it with the
 package's own constant, or probes the package's validation exactly at the schema's bound (the
 bound is accepted, one step beyond it is rejected).
 """
@@ -20,9 +20,10 @@ from mhsa.data import synthetic
 from mhsa.evaluation.modes import MODE_PATTERN, parse_mode
 from mhsa.model import ATTENTION_LAYERS, BACKBONES, FUSIONS, LAST_STRIDES
 from mhsa.study import build as study
+from mhsa.study.keys import SCHEMA_PATH
 
 ROOT = Path(__file__).parents[2]
-SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 DEFS = SCHEMA["definitions"]
 RECIPE = DEFS["recipe"]["properties"]
 PRESET = SCHEMA["properties"]["presets"]["additionalProperties"]
