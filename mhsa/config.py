@@ -260,8 +260,40 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
     _check(key, value in allowed, f"must be one of {'|'.join(map(str, allowed))}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A preset's `pretrain:` section (config.yaml): what to train the backbone on, and how long."""
+
+    backbone: str = "resnet18"
+    identities: int = 512
+    images_per_id: int = 8
+    height: int = 128
+    width: int = 64
+    epochs: int = 6
+    batch: int = 64
+    lr: float = 1.0e-3
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: dict) -> PretrainSpec:
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(spec or {}) - fields)
+        if unknown:
+            raise ConfigError(f"config.yaml: pretrain: unknown key(s) {unknown}; known: {', '.join(sorted(fields))}")
+        out = cls(**(spec or {}))
+        if out.backbone not in BACKBONES:
+            raise ConfigError(f"config.yaml: pretrain.backbone: {out.backbone!r} is not one of {list(BACKBONES)}")
+        for key in ("identities", "images_per_id", "epochs", "batch"):
+            if not isinstance(getattr(out, key), int) or getattr(out, key) < 1:
+                raise ConfigError(f"config.yaml: pretrain.{key}: expected an integer >= 1, got {getattr(out, key)!r}")
+        if not out.lr > 0:
+            raise ConfigError(f"config.yaml: pretrain.lr: expected a number > 0, got {out.lr!r}")
+        return out
+
+
 # ------------------------------------------------------------------------------------------ bounds
-SYNTHETIC_KEYS = ("seed", "num_ids", "images_per_id", "num_cams", "height", "width", "variant", "occlusion")
+SYNTHETIC_KEYS = ("seed", "num_ids", "images_per_id", "num_cams", "height", "width", "variant", "occlusion",
+                  "labels")
 TARGET_KEYS = ("root", "modes", "synthetic")  # an entry of eval.targets
 
 

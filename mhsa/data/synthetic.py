@@ -16,6 +16,11 @@ that the real parsers (``mhsa.data.datasets``) read unchanged. Design (details i
 
 Everything is derived from numpy Generators seeded by integer tuples, never from the clock or
 ``hash()``, so the same arguments give byte-identical files.
+
+The generator knows where the person and the occluder are: with ``labels=True`` it also writes
+``labels.npz`` at the data set's root, one per-pixel map per image (``LABELS``: background, visible
+body, occluder), which real data sets cannot offer (docs/demo-study.md, "The paper's premise"). The
+images are the same bytes with or without it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from PIL import Image, ImageDraw, ImageOps
 from mhsa.switches import BOUNDS
 from mhsa.errors import ConfigError
 from mhsa.io import held
-from mhsa.io import atomic_write_text
+from mhsa.io import atomic_write, atomic_write_text
 
 from .datasets import UnknownDatasetError, load, names
 
@@ -61,9 +66,12 @@ OCCLUDED_GALLERY_FRACTION = 0.1
 # Written last by `generate` (its parameters as JSON): a folder without it is unfinished.
 COMPLETE_MARKER = ".complete"
 # Generator parameters a preset of config.yaml may set under `synthetic:` (the schema lists the same).
-PRESET_PARAMS = ("num_ids", "images_per_id", "height", "width")
+PRESET_PARAMS = ("num_ids", "images_per_id", "height", "width", "labels")
 # Seeds of the synthetic data sets: 1000 + the data set's position in the registry (`names()`).
 SEED_BASE = 1000
+# The classes of a label map (labels.npz): index = value of its pixels.
+LABELS = ("background", "body", "occluder")
+LABELS_FILE = "labels.npz"
 SKIN = [(241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 56, 31)]
 HAIR = [(20, 16, 14), (70, 45, 25), (120, 80, 40), (200, 170, 110), (150, 150, 150), (140, 50, 30)]
 
@@ -281,34 +289,38 @@ class Occlusion:
                 if getattr(self, k) != getattr(default, k)}
 
 
-def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int, occ: Occlusion = Occlusion()) -> None:
-    """Cover ``occ.coverage`` of the body with a car, pole/wall, blob or another synthetic person."""
+def _occlude(img: Image.Image, box, rng: np.random.Generator, seed: int, occ: Occlusion = Occlusion()) -> np.ndarray:
+    """Cover ``occ.coverage`` of the body with a car, pole/wall, blob or another synthetic person;
+    returns where the occluder is (a boolean mask). It is drawn opaque on a layer of its own, so
+    compositing gives the pixels drawing on ``img`` would."""
     x0, y0, bw, bh = box
     frac = rng.uniform(*occ.coverage)
     kind = OCCLUDER_KINDS.index(occ.kinds[int(rng.integers(len(occ.kinds)))])
-    d = ImageDraw.Draw(img)
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
     colour = _colour(rng, 0.15, 0.95)
     if kind == 0:  # car / bench / bike in front of the legs: bottom band
         top = y0 + bh * (1 - frac)
-        d.rounded_rectangle([x0 - bw * 0.6, top, x0 + bw * 1.6, img.height + 4], radius=4, fill=colour)
+        d.rounded_rectangle([x0 - bw * 0.6, top, x0 + bw * 1.6, img.height + 4], radius=4, fill=colour + (255,))
         window = _colour(rng, 0.1, 0.5)
         # max(): a tiny coverage would give an inverted box (the defaults never do)
-        d.rectangle([x0 - bw * 0.3, top + 2, x0 + bw * 1.3, max(top + 2, top + bh * frac * 0.35)], fill=window)
+        d.rectangle([x0 - bw * 0.3, top + 2, x0 + bw * 1.3, max(top + 2, top + bh * frac * 0.35)], fill=window + (255,))
     elif kind == 1:  # pole, tree or wall edge: vertical band from one side
         if rng.random() < 0.5:
-            d.rectangle([-1, 0, x0 + bw * frac, img.height], fill=colour)
+            d.rectangle([-1, 0, x0 + bw * frac, img.height], fill=colour + (255,))
         else:
-            d.rectangle([x0 + bw * (1 - frac), 0, img.width + 1, img.height], fill=colour)
+            d.rectangle([x0 + bw * (1 - frac), 0, img.width + 1, img.height], fill=colour + (255,))
     elif kind == 2:  # blob (umbrella, plant, sign) over the torso or legs
         r = np.sqrt(frac * bw * bh / np.pi)
         cy = y0 + bh * rng.uniform(*occ.blob_height)
         cx = x0 + bw * rng.uniform(0.2, 0.8)
-        d.ellipse([cx - r * 1.2, cy - r / 1.2, cx + r * 1.2, cy + r / 1.2], fill=colour)
+        d.ellipse([cx - r * 1.2, cy - r / 1.2, cx + r * 1.2, cy + r / 1.2], fill=colour + (255,))
     else:  # another pedestrian walking past, shifted sideways so that ``frac`` of the body is hidden
         other = _person(seed, OCCLUDER, int(rng.integers(1 << 30)))
         shift = bw * (1 - frac) * (1 if rng.random() < 0.5 else -1)
         layer = _draw_person(other, rng, img.height, img.width, (x0 + shift, y0 + bh * 0.03, bw, bh))
-        img.alpha_composite(layer)
+    img.alpha_composite(layer)
+    return np.asarray(layer)[..., 3] >= 128
 
 
 def render(
@@ -316,6 +328,15 @@ def render(
     occluded: bool = False, partial: bool = False, seed: int = 0, occlusion: Occlusion = Occlusion(),
 ) -> Image.Image:
     """One RGB image of ``person`` seen by ``camera``; all per-image randomness comes from ``rng``."""
+    return render_labelled(person, camera, rng, height, width, occluded, partial, seed, occlusion)[0]
+
+
+def render_labelled(
+    person: Person, camera: Camera, rng: np.random.Generator, height: int, width: int,
+    occluded: bool = False, partial: bool = False, seed: int = 0, occlusion: Occlusion = Occlusion(),
+) -> tuple[Image.Image, np.ndarray]:
+    """`render`'s image and its label map (height x width, uint8, values index ``LABELS``): the same
+    random draws, so the image is the same bytes."""
     img = Image.fromarray(_background(camera, rng, height, width).astype(np.uint8)).convert("RGBA")
     box = _body_box(rng, person, height, width)
     layer = _draw_person(person, rng, height, width, box)
@@ -326,8 +347,9 @@ def render(
         layer = ImageOps.mirror(layer)
         box = (width - box[0] - box[2], box[1], box[2], box[3])
     img.alpha_composite(layer)
+    labels = np.where(np.asarray(layer)[..., 3] >= 128, 1, 0).astype(np.uint8)
     if occluded:
-        _occlude(img, box, rng, seed, occlusion)
+        labels[_occlude(img, box, rng, seed, occlusion)] = 2
     img = img.convert("RGB")
     if partial:  # keep the top or left 40-70 % of the body, resized like Partial-REID probes
         x0, y0, bw, bh = box
@@ -336,10 +358,12 @@ def render(
             crop = (max(0, x0 - 2), max(0, y0 - 2), min(width, x0 + bw + 2), y0 + f * bh)
         else:
             crop = (max(0, x0 - 2), max(0, y0 - 2), x0 + f * bw, min(height, y0 + bh + 2))
-        img = img.crop(tuple(int(round(c)) for c in crop)).resize((width, height), Image.BILINEAR)
+        box = tuple(int(round(c)) for c in crop)
+        img = img.crop(box).resize((width, height), Image.BILINEAR)
+        labels = np.asarray(Image.fromarray(labels).crop(box).resize((width, height), Image.NEAREST))
     arr = np.asarray(img, dtype=float) * np.array(camera.gain) * rng.uniform(0.85, 1.15)
     arr += rng.normal(0.0, camera.noise, size=arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), labels
 
 
 @dataclass
@@ -508,16 +532,20 @@ def _plan(params: dict, rng: np.random.Generator) -> list[_Shot]:
     return _market_style_plan(layout, variant, seed, num_ids, per_id, cams, rng)
 
 
-def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlusion | None = None) -> None:
+def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlusion | None = None,
+                  labels: bool = False) -> None:
     seed, layout, height, width = params["seed"], params["layout"], params["height"], params["width"]
     occlusion = Occlusion() if occlusion is None else occlusion
     cameras = [_camera(seed, c) for c in range(params["num_cams"])]
     people: dict[tuple[int, int], Person] = {}
+    maps = np.zeros((len(shots) if labels else 0, height, width), np.uint8)
     for n, shot in enumerate(shots):
         person = people.setdefault((shot.role, shot.index), _person(seed, shot.role, shot.index))
         img_rng = _rng(seed, 19, zlib.crc32(layout.encode()), n)
-        img = render(person, cameras[shot.cam], img_rng, height, width, shot.occluded, shot.partial, seed,
-                     occlusion)
+        img, label_map = render_labelled(person, cameras[shot.cam], img_rng, height, width, shot.occluded,
+                                         shot.partial, seed, occlusion)
+        if labels:
+            maps[n] = label_map
         path = out / shot.rel
         path.parent.mkdir(parents=True, exist_ok=True)
         options = {"format": "PNG"} if path.suffix == ".png" else {"format": "JPEG", "quality": 95}
@@ -527,6 +555,24 @@ def _write_images(out: Path, params: dict, shots: list[_Shot], occlusion: Occlus
             if err.filename is None:
                 err.filename = str(path)
             raise
+    if labels:
+        paths = np.array([shot.rel for shot in shots])
+        atomic_write(out / LABELS_FILE, lambda tmp: _save_labels(tmp, paths, maps))
+
+
+def _save_labels(tmp: str, paths: np.ndarray, maps: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
+        np.savez_compressed(fh, paths=paths, labels=maps, classes=np.array(LABELS))
+
+
+def read_labels(root: str | Path) -> dict[str, np.ndarray]:
+    """The label maps of a data set generated with ``labels=True``: relative path -> (H, W) uint8 map
+    (values index ``LABELS``); {} when it has none."""
+    path = Path(root) / LABELS_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return dict(zip((str(p) for p in z["paths"]), z["labels"], strict=True))
 
 
 def generate(
@@ -541,6 +587,7 @@ def generate(
     variant: str | None = None,
     overwrite: bool = False,
     occlusion: Occlusion | dict | None = None,
+    labels: bool = False,
 ) -> Path:
     """Write a synthetic ``layout`` data set into the folder ``root`` and return it (``load`` reads it).
 
@@ -551,12 +598,15 @@ def generate(
     left alone unless ``overwrite``; an unfinished or differently parameterised synthetic one is
     regenerated; a non-empty folder that is not synthetic (no README.txt) is never touched.
     ``dataset_seed(layout)`` is the seed the workflow and the trainer use. ``occlusion`` (an ``Occlusion``
-    or a dict of its fields) sets the occluded variant's difficulty.
+    or a dict of its fields) sets the occluded variant's difficulty. ``labels``: also write each image's
+    label map (``LABELS_FILE``; the images are the same).
     """
     params = generator_params(layout, seed, num_ids, images_per_id, num_cams, height, width, variant)
     occlusion = Occlusion.parse(occlusion)
     if occlusion.non_default():  # recorded only when set, so default data sets keep their marker
         params["occlusion"] = occlusion.non_default()
+    if labels:
+        params["labels"] = True
     out = Path(root)
     # Several trainers may start on a fresh root together: one generates, the others wait here and
     # then find it complete (`_prepare` looks again under the lock).
@@ -568,7 +618,7 @@ def generate(
         # data set looks complete.
         (out / "README.txt").write_text(_readme(layout, params))
         rng = _rng(seed, 17, zlib.crc32(layout.encode()), zlib.crc32(params["variant"].encode()))
-        _write_images(out, params, _plan(params, rng), occlusion)
+        _write_images(out, params, _plan(params, rng), occlusion, labels)
         atomic_write_text(out / COMPLETE_MARKER, json.dumps(params, sort_keys=True))
     return out
 

@@ -18,14 +18,14 @@ from mhsa.errors import WeightsError
 from mhsa.switches import BACKBONES, LAST_STRIDES
 
 # name -> (constructor, ImageNet weights enum, channels of Q(x))
-_RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
+RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum, int]] = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
     "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, 512),
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
 }
 
-if set(_RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
-    raise ImportError(f"mhsa.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(_RESNETS)}")
+if set(RESNETS) != set(BACKBONES):  # the names are checked before torch is imported
+    raise ImportError(f"mhsa.switches.BACKBONES {BACKBONES} != the backbones built here {tuple(RESNETS)}")
 
 
 class WeightsUnavailableError(WeightsError, RuntimeError):
@@ -47,16 +47,16 @@ class Backbone(nn.Module):
         self, name: str = "resnet50", pretrained: bool | str | os.PathLike = False, last_stride: int = 1
     ) -> None:
         super().__init__()
-        if name not in _RESNETS:
-            raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
+        if name not in RESNETS:
+            raise ValueError(f"backbone={name!r} is not supported; choose one of {list(RESNETS)}")
         if last_stride not in LAST_STRIDES:
             raise ValueError(f"last_stride={last_stride!r} must be 1 (paper) or 2 (torchvision default)")
-        constructor, imagenet_weights, channels = _RESNETS[name]
+        constructor, imagenet_weights, channels = RESNETS[name]
         resnet = constructor(weights=None)
         # the fc layer is never used; dropping it also makes a strict state-dict load ignore fc.*
         resnet.fc = nn.Identity()
         _load_pretrained(resnet, pretrained, imagenet_weights)
-        _set_last_stride(resnet, last_stride)
+        set_last_stride(resnet, last_stride)
 
         self.name = name
         self.out_channels = channels
@@ -70,7 +70,7 @@ class Backbone(nn.Module):
         return self.layer4(self.layer3(x))
 
 
-def _set_last_stride(resnet: models.ResNet, stride: int) -> None:
+def set_last_stride(resnet: models.ResNet, stride: int) -> None:
     block = resnet.layer4[0]
     # Bottleneck puts the stride on conv2 (torchvision "ResNet v1.5"), BasicBlock on conv1
     strided_conv = block.conv2 if isinstance(block, models.resnet.Bottleneck) else block.conv1
@@ -107,12 +107,12 @@ def seeded_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """The state dict of a torchvision ResNet `name` initialised from `seed` (torchvision's own init): a
     stand-in for ImageNet weights where none can be downloaded, so that the `model.pretrained: <path>` loading
     path runs (the rehearsal preset, `pretrained: seeded`). Same name and seed, same tensors."""
-    if name not in _RESNETS:
-        raise ValueError(f"backbone={name!r} is not supported; choose one of {list(_RESNETS)}")
+    if name not in RESNETS:
+        raise ValueError(f"backbone={name!r} is not supported; choose one of {list(RESNETS)}")
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return _RESNETS[name][0](weights=None).state_dict()
+        return RESNETS[name][0](weights=None).state_dict()
     finally:
         torch.random.set_rng_state(generator_state)
 

@@ -10,7 +10,9 @@ MLflow's run page groups a run's charts into sections by the part of a metric na
                                 mean), `weighted.<term>` (lambda x term), `lr`, `speed` (images/s)
     diag/...                    a few scalars saying why the cell scores what it does (the per-head detail
                                 is the run's `diagnostics.json` artifact): `attention_entropy`,
-                                `head_overlap`, `fdrt_overlap`, `best_head_rank1`, `mean_head_rank1`
+                                `head_overlap`, `fdrt_overlap`, `best_head_rank1`, `mean_head_rank1`, and on
+                                a labelled test set `attention_share.<class>` (mean over heads) beside
+                                `attention_share.<class>_chance` (an even spread's share)
     eval/<set>/<mode>/<metric>  the evaluation (step = the last epoch; also mid-run, rank1 and mAP,
                                 with `eval.every`); `mAP@50` is logged as `mAP_at_50`
     headline/rank1, headline/mAP  the same two numbers under the same names in every run: the Rank-1 and
@@ -82,6 +84,11 @@ def diag_metrics(diag: dict | None) -> dict[str, float]:
     heads = ((diag.get("branches") or {}).get("branches") or {}).get("heads") or {}
     out[f"{DIAG}/best_head_rank1"] = heads.get("best_rank1")
     out[f"{DIAG}/mean_head_rank1"] = heads.get("mean_rank1")
+    share = diag.get("attention_share")  # mhsa.evaluation.attention_share.share_report
+    if share:
+        for cls, mean, chance in zip(share["classes"], share["mean"], share["chance"], strict=True):
+            out[f"{DIAG}/attention_share.{cls}"] = mean
+            out[f"{DIAG}/attention_share.{cls}_chance"] = chance
     return {k: float(v) for k, v in out.items() if _number(v)}
 
 

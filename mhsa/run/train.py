@@ -37,10 +37,11 @@ from mhsa.data.check import check_test_sets, data_counts
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import AuthorsSampler, PKSampler, build_sampler
-from mhsa.data.synthetic import dataset_seed, generate, is_complete
+from mhsa.data.synthetic import dataset_seed, generate, is_complete, read_labels
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError
 from mhsa.evaluation import evaluate_modes_per_query, extract_features
+from mhsa.evaluation.attention_share import activation_map, share_report
 from mhsa.evaluation.diagnostics import cell_diagnostics
 from mhsa.evaluation.modes import base_modes, default_modes
 from mhsa.evaluation.per_query import to_json as per_query_json
@@ -209,6 +210,27 @@ def evaluate_cell(cfg: RunConfig, model, targets: dict, device: torch.device,
         log.info("eval %s: %s", name, "  ".join(f"{m} R1 {r['rank1']:.1f} mAP {r['mAP']:.1f}"
                                                for m, r in results[name].items()))
     return results
+
+
+@torch.inference_mode()
+def attention_share(cfg: RunConfig, model, ds: ReidDataset, device: torch.device) -> dict | None:
+    """Where each head's attention goes on every query image of `ds` (background, visible body,
+    occluder; `mhsa.evaluation.attention_share`), when its generator wrote label maps; else None."""
+    labels = read_labels(ds.root)
+    if not labels:
+        return None
+    tf = build_transforms(cfg.data.height, cfg.data.width, train=False)
+    loader = DataLoader(ImageDataset(ds.query, tf), batch_size=cfg.data.test_batch, shuffle=False)
+    model.eval()
+    maps = []
+    for x, *_ in loader:
+        x = x.to(device)
+        out = model(x)
+        maps.append(out["alpha"].float().cpu().numpy() if "alpha" in out
+                    else activation_map(model.backbone(x).float().cpu().numpy()))
+    rel = [str(Path(path).relative_to(ds.root)) for path, _, _ in ds.query]
+    report = share_report(np.concatenate(maps), np.stack([labels[r] for r in rel]))
+    return {"dataset": ds.name, **report}
 
 
 @torch.inference_mode()
@@ -548,6 +570,9 @@ def final_report(cell: Cell, tracker: CellTracker, out_dir: Path, env: dict) -> 
         "per_query": per_query,
     }
     metrics["diagnostics"] = cell_diagnostics(att, metrics, cfg.loss)
+    share = attention_share(cfg, cell.model, first, device)
+    if share is not None:
+        metrics["diagnostics"]["attention_share"] = share
     atomic_write_json(out_dir / "metrics.json", metrics)
     _log_final(tracker, cfg, metrics, out_dir, cell.epochs)
     return metrics

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from hashlib import sha1
 from pathlib import Path
 
-from mhsa.config import ModelConfig, build_run_config, check_modes, deep_merge
+from mhsa.config import ModelConfig, PretrainSpec, build_run_config, check_modes, deep_merge
 from mhsa.data.synthetic import PRESET_PARAMS
 from mhsa.errors import ConfigError
 from mhsa.evaluation.modes import default_modes, parse_mode
@@ -36,7 +36,7 @@ from mhsa.study.keys import (
 )
 from mhsa.switches import DEFAULT_GAMMA, RERANK_INPUTS
 
-ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII"]
+ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII", "XIV"]
 
 # The public code's differences (docs/paper-to-code.md "Reading 2") as the `authors`
 # run-config keys each one sets; cell ids name them by tag. Order fixes the id; j2 before j (superset).
@@ -234,6 +234,9 @@ def resolve_preset(config: dict, preset: str | None = None, results_dir: str | N
     out["dataset_recipe"] = _dataset_recipe(preset, p.get("dataset_recipe"), out)
     if "rows" in p:
         out["tables"] = _row_selection(preset, p["rows"], out.get("tables") or {})
+    if "pretrain" in p:  # every cell starts from the backbone the workflow pretrains (mhsa.run.pretrain)
+        out["pretrain"] = asdict(PretrainSpec.parse(p["pretrain"]))
+        out["recipe"] = deep_merge(out["recipe"], {"model": {"pretrained": pretrained_path(out)}})
     return out
 
 
@@ -288,6 +291,11 @@ def _row_selection(preset: str, names, tables: dict) -> dict:
                              f"presets.{preset}.tables or keep one of its rows")
         out[tid] = {**table, "rows": rows}
     return out
+
+
+def pretrained_path(config: dict) -> str:
+    """Where the workflow writes a preset's pretrained backbone (its `pretrain:` section)."""
+    return str(Path(config["results_dir"]) / "pretrain" / "backbone.pt")
 
 
 def _results_dir(where: str, value) -> str:
@@ -377,9 +385,11 @@ def variant_knobs(config: dict, where: str, spec: dict) -> dict:
         # The Baseline has no MHSAB: every branch knob is moot, so all Baselines dedupe to one cell
         # per reading (only the `authors` keys that touch the backbone, data or schedule remain).
         authors = {k: v for k, v in knobs["authors"].items() if k in BASELINE_AUTHORS_KEYS}
+        # `occlusion` is a knob of the data, not of a branch: it stays.
         return {"mhsam": False, "K": 0, "lambda1": 0.0, "lambda2": 0.0, "lambda3": 0.0,
                 "gamma": DEFAULT_GAMMA, "fusion": "saffm", "residual": True, "global_ce": bool(knobs["global_ce"]),
-                "authors": authors}
+                "occlusion": _occlusion(knobs["occlusion"]), "authors": authors}
+    knobs["occlusion"] = _occlusion(knobs["occlusion"])
     for key in ("lambda1", "lambda2", "lambda3", "gamma"):
         knobs[key] = float(knobs[key])
     if knobs["lambda3"] == 0:
@@ -388,6 +398,10 @@ def variant_knobs(config: dict, where: str, spec: dict) -> dict:
     if knobs["K"] < 1:
         raise StudyError(f"config.yaml: {where}: K must be >= 1, got {knobs['K']}")
     return knobs
+
+
+def _occlusion(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def authors_tags(authors: dict) -> list | None:
@@ -439,6 +453,8 @@ def cell_id(dataset: str, knobs: dict, seed: int) -> str:
         if not knobs["global_ce"]:
             arch += "-noce"
     arch += authors_suffix(knobs.get("authors") or {})
+    if knobs.get("occlusion") is not None:
+        arch += f"-occ{round(100 * knobs['occlusion'])}"
     return f"{dataset}__{arch}__s{seed}"
 
 
@@ -497,6 +513,9 @@ def _check_cells(study: Study) -> None:
     except ConfigError as err:
         raise StudyError(f"config.yaml: recipe (preset {study.config['preset']!r}): {err}") from None
     for cell in study.cells.values():
+        if cell.knobs.get("occlusion") is not None and study.config.get("data_source") != "synthetic":
+            raise StudyError(f"config.yaml: {'; '.join(cell.feeds)}: the `occlusion` knob sets how the synthetic "
+                             f"generator occludes; preset {study.config['preset']!r} uses real data sets")
         try:
             build_run_config(recipe, cell_overrides(study, cell))
         except ConfigError as err:
@@ -569,6 +588,9 @@ def build_study(config: dict, preset: str | None = None, results_dir: str | None
             for seed in seeds:
                 cid = cell_id(train_set, knobs, seed)
                 cell = cells.setdefault(cid, Cell(cid, train_set, knobs, seed))
+                if cell.knobs != knobs:  # an id must name one model: never show one cell's numbers for another
+                    raise StudyError(f"config.yaml: {label} and {cell.feeds[0]} differ in their knobs but get the "
+                                     f"same cell id {cid!r}; the id must name every knob that changes the model")
                 cell.targets.setdefault(test_set, set()).add(mode)
                 if label not in cell.feeds:
                     cell.feeds.append(label)
@@ -582,11 +604,40 @@ def build_study(config: dict, preset: str | None = None, results_dir: str | None
     return study
 
 
-def dataset_root(config: dict, name: str) -> str:
+def data_key(name: str, occlusion: float | None = None) -> str:
+    """The folder name of a synthetic data set: its layout, with the `occlusion` knob's share of the body
+    hidden when a cell sets it ("occluded_duke-occ65")."""
+    return name if occlusion is None else f"{name}-occ{round(100 * occlusion)}"
+
+
+def dataset_root(config: dict, name: str, occlusion: float | None = None) -> str:
     """Where a data set lives under the resolved preset (synthetic ones under results/)."""
     if config.get("data_source") == "synthetic":
-        return str(Path(config.get("results_dir", "results")) / "synthetic" / name)
+        return str(Path(config.get("results_dir", "results")) / "synthetic" / data_key(name, occlusion))
     return str(config["datasets"][name]["root"])
+
+
+def synthetic_params(config: dict, occlusion: float | None = None) -> dict:
+    """The generator parameters of a preset's synthetic data sets, with a cell's occlusion knob."""
+    params = dict(config.get("synthetic") or {})
+    if occlusion is not None:  # every occluded image hides this share of the body
+        params["occlusion"] = {"coverage": [occlusion, occlusion]}
+    return params
+
+
+def cell_data(study: Study, cell: Cell) -> dict[str, tuple[str, float | None]]:
+    """The data sets a cell reads, training set first: data_key -> (layout, occlusion)."""
+    occ = cell.knobs.get("occlusion")
+    names = [cell.dataset] + [t for t in sorted(cell.targets) if t != cell.dataset]
+    return {data_key(n, occ): (n, occ) for n in names}
+
+
+def data_sets(study: Study) -> dict[str, tuple[str, float | None]]:
+    """Every data set of the study's cells: data_key -> (layout, occlusion), in first-use order."""
+    out: dict = {}
+    for cell in study.cells.values():
+        out.update({k: v for k, v in cell_data(study, cell).items() if k not in out})
+    return out
 
 
 def branch_modes(knobs: dict) -> set:
@@ -608,8 +659,9 @@ def cell_overrides(study: Study, cell: Cell) -> dict:
                   "residual": k["residual"]},
         "loss": {"lambda1": k["lambda1"], "lambda2": k["lambda2"], "lambda3": k["lambda3"],
                  "gamma": k["gamma"], "global_ce": k["global_ce"]},
-        "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset)},
-        "eval": {"targets": {t: {"root": dataset_root(cfg, t), "modes": sorted(set(m) | branch_modes(k))}
+        "data": {"dataset": cell.dataset, "root": dataset_root(cfg, cell.dataset, k.get("occlusion"))},
+        "eval": {"targets": {t: {"root": dataset_root(cfg, t, k.get("occlusion")),
+                                 "modes": sorted(set(m) | branch_modes(k))}
                              for t, m in sorted(cell.targets.items())}},
         "tracking": {"experiment": experiment_name(cfg), "tags": {"feeds": "; ".join(cell.feeds)}},
     }

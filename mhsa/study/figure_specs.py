@@ -75,8 +75,8 @@ def sweep_panels(study, table_id: str) -> list[SweepPanel]:
         if "x" not in p:
             raise ConfigError(f"config.yaml: {where} has no `x` (the knob on the x axis)")
         reference, cond = p.get("reference", {p["x"]: 0}), p.get("where", {})
-        _check_knobs(where, [p["x"], *reference, *cond, *([p["group"]] if p.get("group") else [])])
-        ref = [r for r in rows if _knobs_match(knobs[id(r)], reference)]
+        _check_knobs(where, [p["x"], *(reference or {}), *cond, *([p["group"]] if p.get("group") else [])])
+        ref = [] if reference is None else [r for r in rows if _knobs_match(knobs[id(r)], reference)]
         ref_ids = {id(r) for r in ref}
         swept = [r for r in rows if id(r) not in ref_ids and _knobs_match(knobs[id(r)], cond)]
         out.append(SweepPanel(p.get("label", p["x"]), p["x"], p.get("group"), p.get("scale", "linear"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mhsa.data.datasets import load, names
@@ -211,3 +212,38 @@ def test_occlusion_kinds_and_bad_values():
         Occlusion.parse({"kinds": []})
     with pytest.raises(ValueError, match="unknown key"):
         Occlusion.parse({"share": 0.3})
+
+
+# ---- label maps (docs/demo-study.md "The paper's premise")
+def _jpegs(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+
+
+def test_label_maps_leave_the_images_as_they_are_and_cover_every_image(tmp_path):
+    from mhsa.data.synthetic import LABELS, read_labels
+
+    plain = generate(tmp_path / "plain", "occluded_duke", seed=3, **SMALL)
+    labelled = generate(tmp_path / "labelled", "occluded_duke", seed=3, **SMALL, labels=True)
+    assert _jpegs(plain) == _jpegs(labelled)
+    assert read_labels(plain) == {}
+    maps = read_labels(labelled)
+    assert set(maps) == set(_jpegs(labelled))
+    assert LABELS == ("background", "body", "occluder")
+    queries = [m for rel, m in maps.items() if rel.startswith("query/")]
+    assert queries and all((m == 2).any() for m in queries)  # every query is occluded
+    assert all(m.shape == (SMALL["height"], SMALL["width"]) and m.max() <= 2 for m in maps.values())
+    assert '"labels": true' in (labelled / ".complete").read_text()
+
+
+def test_label_maps_follow_the_occlusion_knob_and_holistic_sets_have_no_occluder(tmp_path):
+    from mhsa.data.synthetic import read_labels
+
+    def visible_body(coverage):
+        root = generate(tmp_path / f"c{coverage}", "occluded_duke", seed=3, **SMALL, labels=True,
+                        occlusion={"coverage": [coverage, coverage]})
+        return np.mean([(m == 1).mean() for rel, m in read_labels(root).items() if rel.startswith("query/")])
+
+    assert visible_body(0.6) < visible_body(0.0) - 0.05
+    holistic = read_labels(generate(tmp_path / "market", "market1501", seed=3, **SMALL, labels=True))
+    assert all(not (m == 2).any() for m in holistic.values())
+    assert np.mean([(m == 1).mean() for m in holistic.values()]) > 0.2  # the person is there

@@ -446,3 +446,29 @@ def test_a_step_cap_cuts_the_schedule_and_is_part_of_the_cells_identity(data_roo
     # rerun: finished (the final weights of epoch 2 are the cell's end), it only re-evaluates
     again = train_mod.train_cell(capped, tmp_path / "capped", tracking_uri=sqlite_uri(tmp_path))
     assert again["train"]["steps"] == per_epoch + 1 and again["eval"] == m["eval"]
+
+
+def test_a_labelled_test_set_reports_where_each_head_looks(tmp_path):
+    """With the generator's label maps, metrics.json says each head's share of attention on background,
+    visible body and occluder over every query (docs/demo-study.md "The paper's premise")."""
+    root = tmp_path / "occluded_duke"
+    generate(root, "occluded_duke", seed=3, num_ids=6, images_per_id=5, height=32, width=16, labels=True)
+    over = {"data": {"dataset": "occluded_duke", "root": str(root), "cache_dir": str(tmp_path / "cache")},
+            "eval": {"targets": {"occluded_duke": {"root": str(root), "modes": ["concat"]}}},
+            "optim": {"epochs": 1, "milestones": []}, "tracking": {"enabled": False}, "checkpoint_every": 0}
+    metrics = train_mod.train_cell(tiny_cfg(root, tmp_path, **over), tmp_path / "out")
+    share = metrics["diagnostics"]["attention_share"]
+    assert share["dataset"] == "occluded_duke"
+    assert share["images"] == metrics["data"]["test"]["occluded_duke"]["queries"]
+    assert len(share["heads"]) == 3 and all(abs(sum(h) - 1) < 1e-6 for h in share["heads"])
+    assert share["chance"][2] > 0  # every query is occluded
+    base_over = {**over, "model": {"mhsam": False},
+                 "eval": {"targets": {"occluded_duke": {"root": str(root), "modes": ["global"]}}}}
+    baseline = train_mod.train_cell(tiny_cfg(root, tmp_path, **base_over), tmp_path / "base")
+    assert len(baseline["diagnostics"]["attention_share"]["heads"]) == 1  # its activation map
+
+
+def test_a_test_set_without_label_maps_reports_no_attention_share(data_root, tmp_path):
+    over = {"optim": {"epochs": 1, "milestones": []}, "tracking": {"enabled": False}, "checkpoint_every": 0}
+    metrics = train_mod.train_cell(tiny_cfg(data_root, tmp_path, **over), tmp_path / "plain")
+    assert "attention_share" not in metrics["diagnostics"]

@@ -112,7 +112,8 @@ KNOB_NODES = [
     ("loss.gamma", DEFS["knob_values"]["properties"]["gamma"]),
     ("seed", SCHEMA["properties"]["seeds"]["items"]),
     ("seed", PRESET["properties"]["seeds"]["items"]),
-    *((f"data.synthetic.{k}", PRESET["properties"]["synthetic"]["properties"][k]) for k in synthetic.PRESET_PARAMS),
+    *((f"data.synthetic.{k}", node) for k, node in PRESET["properties"]["synthetic"]["properties"].items()
+      if node.get("type") in ("integer", "number")),
 ]
 SCHEMA_BOUNDS = [*_numeric_recipe_keys(RECIPE), *KNOB_NODES]
 
@@ -139,7 +140,7 @@ def _numeric_fields(cls, prefix: str = ""):
 
 
 FIELD_TYPES = {**dict(_numeric_fields(run_config.RunConfig)),
-               **{f"data.synthetic.{k}": "int" for k in run_config.SYNTHETIC_KEYS}}
+               **{f"data.synthetic.{k}": "int" for k in run_config.SYNTHETIC_KEYS if k != "labels"}}
 
 
 def test_every_numeric_knob_of_every_section_has_bounds():

@@ -223,3 +223,12 @@ def test_schema_rejects_invalid_config(wf):
     proc = snakemake(wf, "-n", "tables", "--config", "preset=ci", check=False)
     assert proc.returncode != 0
     assert "fusoin" in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_premise_preset_pretrains_once_and_generates_each_occlusion_level(tmp_path, copy_workflow):
+    """One backbone for every cell (an input of each train_cell job), one synthetic set per occlusion level."""
+    wf = copy_workflow(tmp_path)
+    proc = snakemake(wf, "-n", "-p", "tables", "--config", "preset=premise")
+    counts = job_counts(proc)
+    assert counts == {"train_cell": 27, "synthetic_dataset": 4, "pretrain_backbone": 1, "mlflow_store": 1,
+                      "tables": 1}, counts

@@ -20,8 +20,12 @@ from mhsa.io import results_dir_problem
 from mhsa.study.build import (
     StudyError,
     build_study,
+    cell_data,
     cell_overrides,
+    data_sets,
     dataset_root,
+    pretrained_path,
+    synthetic_params,
     table_number,
 )
 from mhsa.study.tables import TABLE_FORMATS
@@ -53,7 +57,9 @@ if results_dir_problem(RESULTS, write=False):
     raise WorkflowError(results_dir_problem(RESULTS, write=False))
 WF = CFG.get("workflow") or {}
 SYNTHETIC = CFG["data_source"] == "synthetic"
-DATASETS = list(CFG["datasets"])
+# data_key -> (layout, occlusion knob): the data sets the cells read (a synthetic preset generates
+# one folder per key: the occlusion knob of a cell gives its data sets their own, `mhsa.study.build.data_key`)
+DATA = data_sets(STUDY)
 CELLS = list(STUDY.cells)
 TABLES = STUDY.table_ids()
 FIGURES = STUDY.figure_ids()
@@ -221,7 +227,7 @@ def _alternatives(names):
 
 
 CELL_PATTERN = _alternatives(CELLS)
-DATASET_PATTERN = _alternatives(DATASETS)
+DATASET_PATTERN = _alternatives(DATA)
 
 
 # ---------------------------------------------------------------------------------- paths
@@ -233,9 +239,9 @@ def metrics_file(cell):
     return f"{run_dir(cell)}/metrics.json"
 
 
-def data_marker(name):
+def data_marker(key):
     """Snakemake-visible product of a synthetic data set (the generator writes it last)."""
-    return f"{dataset_root(CFG, name)}/{COMPLETE_MARKER}"
+    return f"{dataset_root(CFG, *DATA[key])}/{COMPLETE_MARKER}"
 
 
 def all_metrics():
@@ -253,9 +259,8 @@ def all_overlays():
 
 # ------------------------------------------------------------------------- cells and data
 def cell_datasets(cell_id):
-    """Training set first, then the test sets the cell is evaluated on."""
-    cell = STUDY.cells[cell_id]
-    return [cell.dataset] + [t for t in sorted(cell.targets) if t != cell.dataset]
+    """The keys of DATA of the cell's training set first, then of the test sets it is evaluated on."""
+    return list(cell_data(STUDY, STUDY.cells[cell_id]))
 
 
 def needed_datasets(cell_ids=None):
@@ -267,11 +272,20 @@ def needed_datasets(cell_ids=None):
 
 def synthetic_seed(wildcards):
     """`mhsa.data.synthetic.dataset_seed`: the same images as `python -m mhsa train` draws."""
-    return dataset_seed(wildcards.name)
+    return dataset_seed(DATA[wildcards.name][0])
 
 
 def synthetic_root(wildcards):
-    return dataset_root(CFG, wildcards.name)
+    return dataset_root(CFG, *DATA[wildcards.name])
+
+
+def synthetic_layout(wildcards):
+    return DATA[wildcards.name][0]
+
+
+def synthetic_generator(wildcards):
+    """The preset's generator parameters, with the occlusion knob of the cells that read this set."""
+    return synthetic_params(CFG, DATA[wildcards.name][1])
 
 
 # ------------------------------------------------------------------------- train_cell I/O
@@ -289,6 +303,9 @@ def train_inputs(wildcards):
         f"{RESULTS}/pretrained/seeded-"
     ):
         inputs["pretrained"] = pretrained
+    # a `pretrain:` section: the backbone every cell starts from (rule pretrain_backbone)
+    if "pretrain" in CFG:
+        inputs["pretrained"] = pretrained_path(CFG)
     return inputs
 
 
@@ -314,7 +331,13 @@ def run_digest(wildcards):
     extra = ""
     if SYNTHETIC:
         train_set = STUDY.cells[wildcards.cell].dataset
-        extra = json.dumps([CFG["synthetic"], dataset_seed(train_set)], sort_keys=True)
+        occlusion = STUDY.cells[wildcards.cell].knobs.get("occlusion")
+        generator = synthetic_params(CFG, occlusion)
+        extra = json.dumps([generator, dataset_seed(train_set)], sort_keys=True)
+    if (
+        "pretrain" in CFG
+    ):  # another pretrained start is another model: a new checkpoint directory
+        extra += json.dumps(CFG["pretrain"], sort_keys=True)
     return sha1((weights_digest(cfg) + extra).encode()).hexdigest()[:10]
 
 
@@ -433,7 +456,7 @@ def check_real_data():
 
     needed = needed_datasets(pending_cells())
     problems = check_datasets(
-        {n: os.path.abspath(dataset_root(CFG, n)) for n in needed}
+        {DATA[k][0]: os.path.abspath(dataset_root(CFG, *DATA[k])) for k in needed}
     )
     if not problems:
         return

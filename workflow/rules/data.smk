@@ -16,9 +16,9 @@ rule synthetic_dataset:
         "../../envs/mhsa.yaml"
     params:
         root=synthetic_root,
-        layout="{name}",
+        layout=synthetic_layout,
         seed=synthetic_seed,
-        synthetic=CFG.get("synthetic", {}),
+        synthetic=synthetic_generator,
     script:
         "../scripts/synthetic_dataset.py"
 

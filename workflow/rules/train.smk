@@ -27,3 +27,25 @@ rule train_cell:
         ckpt_dir=checkpoint_dir,
     script:
         "../scripts/train_cell.py"
+
+
+# A preset with a `pretrain:` section: one job trains the backbone every cell starts from
+# (mhsa.run.pretrain; its output is an input of every train_cell job, so they rerun when it changes).
+rule pretrain_backbone:
+    output:
+        f"{RESULTS}/pretrain/backbone.pt",
+    log:
+        f"{RESULTS}/logs/pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain.tsv"
+    conda:
+        "../../envs/mhsa.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    params:
+        spec=CFG.get("pretrain", {}),
+        data=f"{RESULTS}/synthetic/pretrain-market1501",
+        cache_dir=build_run_config(CFG["recipe"]).data.cache_dir,
+    script:
+        "../scripts/pretrain.py"
