@@ -3,7 +3,9 @@
 Each entry of `figures:` names its `plot.kind`; a table with a `plot:` entry is drawn as well:
 
 * `k_sweep` (figures with a `sweep:`): a panel per metric x data set, each series against the swept
-  number of heads K. Ours are lines (mean over seeds, a +-1 std band when several seeds); the paper's
+  number of heads K. Ours are lines (the tables' numbers: one seed's value or the mean over seeds) with the
+  tables' 95 % intervals as error bars (`mhsa.study.uncertainty`: a bootstrap over the test set's query
+  identities with one seed, the t interval over seeds widened by it with several); the paper's
   numbers are markers, only where the paper gives one (a figure point takes the number of the first
   table row of the study that evaluates the same cell with the same test mode);
 * `param_sweep` (tables): a panel per (`plot.panels` entry, metric), the panel's knob on the x axis,
@@ -60,6 +62,7 @@ from mhsa.study.tables import (  # noqa: E402
     study_dirs,
     synthetic_banner,
 )
+from mhsa.study.uncertainty import BOOTSTRAP, SEEDS, SEEDS_BOOTSTRAP, Uncertainty  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +100,47 @@ def _paper_lookup(paper: pd.DataFrame) -> dict:
     }
 
 
-def _long_frame(study: Study, rows: list, metrics: dict, extra) -> pd.DataFrame:
-    """One line per (row ref, metric, seed value) with the columns returned by `extra(rowref)`."""
-    out = []
+def _interval_frame(rows: list, metrics: dict, extra) -> pd.DataFrame:
+    """One line per (row ref, metric) with a result: the columns of `extra(rowref)`, then dataset, metric and
+    the number the tables print with its interval (value, low, high; NaN where there is none), n_seeds and
+    the interval's method (`mhsa.study.uncertainty.Uncertainty.interval`)."""
+    unc, out = Uncertainty(metrics), []
     for rr in rows:
-        info = extra(rr)
         for m in rr.metrics:
-            for v in seed_values(metrics, rr.cells, rr.dataset, rr.mode, m):
-                out.append({**info, "dataset": rr.dataset, "metric": m, "value": v})
-    return pd.DataFrame(out, columns=[*extra(rows[0]).keys(), "dataset", "metric", "value"] if rows else None)
+            iv = unc.interval(rr.cells, rr.dataset, rr.mode, m)
+            if iv is not None:
+                out.append({**extra(rr), "dataset": rr.dataset, "metric": m, "value": iv.value, "low": iv.low,
+                            "high": iv.high, "n_seeds": iv.n_seeds, "method": iv.method})
+    cols = [*extra(rows[0]).keys(), "dataset", "metric", "value", "low", "high", "n_seeds", "method"] if rows else None
+    return pd.DataFrame(out, columns=cols)
+
+
+def _interval_lines(ax, frame: pd.DataFrame, x: str, hue: str, palette: dict) -> None:
+    """Each `hue` group's values against `x` as a line, its intervals as error bars (none where NaN)."""
+    for group, colour in palette.items():
+        s = frame[frame[hue] == group].sort_values(x)
+        if not len(s):
+            continue
+        ax.plot(s[x], s["value"], marker="o", color=colour)
+        s = s[s["low"].notna() & s["high"].notna()]
+        if len(s):
+            ax.errorbar(s[x], s["value"], yerr=[s["value"] - s["low"], s["high"] - s["value"]], fmt="none",
+                        ecolor=colour, elinewidth=1, capsize=2.5, alpha=0.8)
+
+
+def interval_label(frame: pd.DataFrame) -> str:
+    """What the lines and error bars of `frame` are, for the legend: the seeds and the interval's method."""
+    if not len(frame):
+        return "no results yet"
+    seeds = sorted({int(n) for n in frame["n_seeds"]})
+    value = f"mean of {seeds[-1]} seeds" if seeds == [seeds[-1]] and seeds[-1] > 1 else (
+        "1 seed" if seeds == [1] else f"mean of {'-'.join(map(str, (seeds[0], seeds[-1])))} seeds")
+    methods = set(frame["method"])
+    bars = {BOOTSTRAP: "bootstrap over query ids", SEEDS_BOOTSTRAP: "seeds + bootstrap", SEEDS: "t over seeds"}
+    named = [bars[m] for m in (BOOTSTRAP, SEEDS_BOOTSTRAP, SEEDS) if m in methods]
+    if not named:
+        return f"{value}, no interval (no per-query results)"
+    return f"{value}, 95 % interval: {' / '.join(named)}" + (" (not every point)" if "" in methods else "")
 
 
 def _ax_labels(ax, title: str, xlabel: str, metric: str) -> None:
@@ -147,11 +182,11 @@ def paper_points_for_series(study: Study, fig_id: str, paper: pd.DataFrame) -> p
     return pd.DataFrame(out, columns=["series", "K", "dataset", "metric", "value", "source"])
 
 
-def _k_sweep_panel(ax, ours, pts, series, palette, band: str) -> None:
-    """One data set x metric: our series against K (line, band over seeds), the paper's stars."""
+def _k_sweep_panel(ax, ours, pts, series, palette) -> None:
+    """One data set x metric: our series against K (line, the tables' intervals as error bars), the
+    paper's stars."""
     if len(ours):
-        sns.lineplot(data=ours, x="K", y="value", hue="series", palette=palette, hue_order=series,
-                     errorbar=band, marker="o", ax=ax, legend=False)
+        _interval_lines(ax, ours, "K", "series", {s: palette[s] for s in series})
     for s in series:
         ps = pts[pts["series"] == s].sort_values("K")
         if len(ps):
@@ -184,7 +219,6 @@ def plot_k_sweep(
     metrics: dict,
     paper: pd.DataFrame | None,
     out_path: str | Path,
-    band: str = "sd",
 ) -> Path:
     """A K-sweep figure laid out as the paper's: a row per data set, a column per metric, panels (a), (b),
     ... in reading order (the paper's captions: (a) the first data set's Rank-1, (b) its mAP, ...); ours
@@ -195,14 +229,13 @@ def plot_k_sweep(
     spec = study.config["figures"][fig_id]
     paper = load_paper() if paper is None else paper
     rows = [r for r in study.rows if r.source == "figure" and r.table == fig_id]
-    ours = _long_frame(study, rows, metrics, lambda r: {"series": r.series, "K": r.K})
+    ours = _interval_frame(rows, metrics, lambda r: {"series": r.series, "K": r.K})
     pts = paper_points_for_series(study, fig_id, paper)
     series = list(dict.fromkeys(r.series for r in rows))
     colours = series_colours(study, fig_id) or sns.color_palette("tab10", len(series))
     palette = dict(zip(series, colours, strict=True))
     datasets, mets = list(spec["datasets"]), list(spec["metrics"])
     ks = sorted({r.K for r in rows if r.K is not None})
-    seeds = len(study.config.get("seeds", [0]))
 
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(len(datasets), len(mets), figsize=(4.2 * len(mets), 3.2 * len(datasets)),
@@ -211,13 +244,12 @@ def plot_k_sweep(
         for j, m in enumerate(mets):
             ax = axes[i][j]
             sub = ours[(ours["dataset"] == d) & (ours["metric"] == m)] if len(ours) else ours
-            # the band: ±1 std over seeds (`band`); where the tables' uncertainty should come in
-            _k_sweep_panel(ax, sub, pts[(pts["dataset"] == d) & (pts["metric"] == m)], series, palette, band)
+            _k_sweep_panel(ax, sub, pts[(pts["dataset"] == d) & (pts["metric"] == m)], series, palette)
             letter = "abcdefghijklmnopqrstuvwxyz"[(i * len(mets) + j) % 26]
             _ax_labels(ax, f"({letter}) {DATASET_NAMES.get(d, d)} - {METRIC_NAMES.get(m, m)}", "K (heads)", m)
             if ks:
                 ax.set_xticks(ks)
-    mean = f"mean of {seeds} seeds, ±1 std band" if seeds > 1 else "1 seed: no spread shown"
+    mean = interval_label(ours)
     handles = [plt.Line2D([], [], color=palette[s], marker="o", label=f"{s} (ours, {mean})") for s in series]
     handles += [_star(palette[s], f"{s} (paper)") for s in series]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.045))
@@ -243,8 +275,7 @@ def _sweep_axis(ax, table_id: str, panel: SweepPanel, dataset: str, metric: str,
     info, palette, pv, metrics, ours = ctx["info"], ctx["palette"], ctx["paper"], ctx["metrics"], ctx["ours"]
     sub = ours[(ours["metric"] == metric) & (ours["dataset"] == dataset)] if len(ours) else ours
     if len(sub):
-        sns.lineplot(data=sub, x="x", y="value", hue="group", hue_order=list(palette), palette=palette,
-                     errorbar=ctx["band"], marker="o", ax=ax, legend=False)
+        _interval_lines(ax, sub, "x", "group", palette)
     for g, color in palette.items():
         pts = sorted((info(r)["x"], pv.get((table_id, r.row, r.dataset, metric)))
                      for r in panel.rows if info(r)["group"] == g and r.dataset == dataset)
@@ -279,7 +310,7 @@ def _sweep_legend(palette: dict, references: dict) -> list:
 
 
 def plot_param_sweep(
-    study: Study, table_id: str, metrics: dict, paper: pd.DataFrame, out_path: str | Path, band: str = "sd"
+    study: Study, table_id: str, metrics: dict, paper: pd.DataFrame, out_path: str | Path
 ) -> Path:
     """A table's `plot: {kind: param_sweep}`: a panel per (panel entry) x (data set, metric) of the
     table, ours vs the paper's."""
@@ -290,6 +321,7 @@ def plot_param_sweep(
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(len(panels), len(cols), figsize=(width, 3.2 * len(panels)), squeeze=False)
     handles: list = []
+    frames = []
     for i, panel in enumerate(panels):
 
         def info(r, panel=panel):
@@ -297,9 +329,10 @@ def plot_param_sweep(
             return {"x": float(k[panel.x]), "group": f"{panel.group}={k[panel.group]}" if panel.group else "ours"}
 
         groups = list(dict.fromkeys(info(r)["group"] for r in panel.rows + panel.reference)) or ["ours"]
-        ctx = {"info": info, "paper": _paper_lookup(paper), "metrics": metrics, "band": band,
-               "ours": _long_frame(study, panel.rows, metrics, info),
+        ctx = {"info": info, "paper": _paper_lookup(paper), "metrics": metrics,
+               "ours": _interval_frame(panel.rows, metrics, info),
                "palette": dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))}
+        frames.append(ctx["ours"])
         for j, (d, m) in enumerate(cols):
             _sweep_axis(axes[i][j], table_id, panel, d, m, ctx)
         references = {g: list(dict.fromkeys(r.row for r in panel.reference if info(r)["group"] == g))
@@ -307,8 +340,10 @@ def plot_param_sweep(
         labels = {h.get_label() for h in handles}
         handles += [h for h in _sweep_legend(ctx["palette"], references) if h.get_label() not in labels]
     fig.legend(handles=handles, loc="center right", fontsize=7)
+    ours = pd.concat([f for f in frames if len(f)]) if any(len(f) for f in frames) else frames[0]
+    fig.text(0.01, 0.005, f"ours: {interval_label(ours)}", fontsize=7, color="#333", ha="left", va="bottom")
     _suptitle(fig, f"Table {table_id}: {spec.get('title', '')}", study)
-    fig.tight_layout(rect=(0, 0, 1 - 2.2 / width, 1))
+    fig.tight_layout(rect=(0, 0.03, 1 - 2.2 / width, 1))
     return save_figure(fig, out_path)
 
 

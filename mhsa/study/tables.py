@@ -582,7 +582,8 @@ def write_table(
     out_dir = Path(out_dir)
     stem = f"table_{table_number(table_id)}"
     text = {
-        "csv": lambda: df.to_csv(index=False),
+        # the CSV has no banner: its last column says where the numbers come from (`synthetic` or `real`)
+        "csv": lambda: df.assign(data="synthetic" if synthetic else "real").to_csv(index=False),
         "md": lambda: render_markdown(df, table_id, title, synthetic, preset),
         "html": lambda: render_html(df, table_id, title, synthetic, preset),
         "tex": lambda: render_latex(df, table_id, title, synthetic, preset),

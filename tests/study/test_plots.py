@@ -47,7 +47,7 @@ def runs(tmp_path_factory, study) -> Path:
     rng = np.random.default_rng(0)
     for cid, cell in study.cells.items():
         if cell.seed == 1 and cell.knobs.get("K") == 6:
-            continue  # a K with a single seed: line without a band
+            continue  # a K with a single seed: a point without an error bar
         ev = {
             t: {
                 m: {k: float(rng.uniform(30, 90)) for k in ("rank1", "rank3", "rank5", "rank10", "mAP")}
@@ -125,7 +125,9 @@ def test_k_sweeps_read_as_the_papers_figures(tmp_path, study, metrics, paper, dr
     handles = {h.get_label(): h for h in fig.legends[0].legend_handles}
     assert matplotlib.colors.to_hex(handles["MHSAM (paper)"].get_color()) == matplotlib.colors.to_hex("tab:orange")
     assert matplotlib.colors.to_hex(handles["MHSAM+FDRT (paper)"].get_color()) == matplotlib.colors.to_hex("tab:blue")
-    assert "MHSAM+FDRT (ours, mean of 2 seeds, ±1 std band)" in handles
+    # the fake runs hold no per-query results: with 2 seeds the t interval over seeds, and at the K with one
+    # seed no interval at all (the legend says both)
+    assert "MHSAM+FDRT (ours, mean of 1-2 seeds, 95 % interval: t over seeds (not every point))" in handles
     note = " ".join(t for t in _texts(fig) if t.startswith("Paper stars")).replace("\n", " ")
     assert "Fig. 9 prints no numbers" in note
     # MHSAM's K=8 is Table V's Baseline+MHSAM (K=8), the first row of the study with that model
@@ -384,3 +386,24 @@ def test_log_run_artifacts_tolerates_a_down_store(tmp_path, capsys):
     png.write_bytes(PNG)
     assert log_run_artifacts(uri, [(f"{i:032d}", [png], {"feeds": "x"}) for i in range(3)]) == 0
     assert capsys.readouterr().err.count("WARNING") == 1
+
+
+def test_figure_points_and_error_bars_are_the_tables_numbers_and_intervals(tmp_path, study, metrics, paper, drawn):
+    """Each K-sweep point is the value `cell_interval` gives the tables, its error bar that interval (the t
+    interval over 2 seeds here); the K with one seed and no per-query results gets its point, no bar."""
+    from mhsa.study.uncertainty import cell_interval
+
+    P.plot_k_sweep(study, "9", metrics, paper, tmp_path / "fig_9.png")
+    (fig,) = drawn
+    ax = fig.axes[0]  # (a) Market-1501 - Rank-1
+    rows = [r for r in study.rows if r.source == "figure" and r.table == "9" and r.dataset == "market1501"]
+    want = {(r.K, round(iv.value, 6)): iv for r in rows
+            if (iv := cell_interval(metrics, r.cells, r.dataset, r.mode, "rank1")) is not None}
+    drawn_points = {(int(k), round(float(y), 6)) for line in ax.lines if line.get_marker() == "o"
+                    for k, y in zip(line.get_xdata(), line.get_ydata(), strict=True)}
+    assert drawn_points == set(want)
+    bars = {(int(x), round(float(lo), 6), round(float(hi), 6))
+            for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)
+            for seg in c.lines[2][0].get_segments() for (x, lo), (_, hi) in [seg]}
+    assert bars == {(k, round(iv.low, 6), round(iv.high, 6)) for (k, _), iv in want.items() if iv.n_seeds == 2}
+    assert any(iv.n_seeds == 1 for iv in want.values())  # K=6's seed-1 cell is missing: a point, no bar

@@ -238,7 +238,10 @@ def test_write_table_files(tmp_path, study, metrics, paper):
     paths = T.write_table(df, "II", "Comparison on Occluded-DukeMTMC", tmp_path, synthetic=True, preset="ci")
     assert sorted(p.name for p in paths) == ["table_2.csv", "table_2.html", "table_2.md", "table_2.tex"]
     back = pd.read_csv(tmp_path / "table_2.csv")
-    assert list(back.columns) == list(df.columns) and len(back) == len(df)
+    assert list(back.columns) == [*df.columns, "data"] and len(back) == len(df)
+    assert set(back["data"]) == {"synthetic"}  # the CSV's mark (md/html/tex carry the banner)
+    T.write_table(df, "II", "Comparison on Occluded-DukeMTMC", tmp_path / "real", synthetic=False, preset="paper")
+    assert set(pd.read_csv(tmp_path / "real" / "table_2.csv")["data"]) == {"real"}
     md = (tmp_path / "table_2.md").read_text()
     html = (tmp_path / "table_2.html").read_text()
     tex = (tmp_path / "table_2.tex").read_text()
