@@ -37,7 +37,7 @@ from mhsa.data.check import check_test_sets, data_counts
 from mhsa.data.datasets import ReidDataset
 from mhsa.data.loader import ImageDataset
 from mhsa.data.sampler import AuthorsSampler, PKSampler, build_sampler
-from mhsa.data.synthetic import dataset_seed, generate, is_complete, read_labels
+from mhsa.data.synthetic import LABELS, dataset_seed, generate, is_complete, read_labels
 from mhsa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from mhsa.errors import CheckpointError, DataError
 from mhsa.evaluation import evaluate_modes_per_query, extract_features
@@ -233,6 +233,22 @@ def attention_share(cfg: RunConfig, model, ds: ReidDataset, device: torch.device
     return {"dataset": ds.name, **report}
 
 
+def occluder_masks(ds: ReidDataset, items: list, height: int, width: int) -> np.ndarray | None:
+    """N x height x width bool: where the occluder is in each of `items` (nearest-neighbour resize of the
+    generator's label maps, `mhsa.data.synthetic.LABELS`), or None when `ds` has no label maps."""
+    labels = read_labels(ds.root)
+    if not labels:
+        return None
+    occluder = LABELS.index("occluder")
+    out = []
+    for path, _, _ in items:
+        lab = labels[str(Path(path).relative_to(ds.root))]
+        rows = np.arange(height) * lab.shape[0] // height
+        cols = np.arange(width) * lab.shape[1] // width
+        out.append(lab[rows][:, cols] == occluder)
+    return np.stack(out)
+
+
 @torch.inference_mode()
 def attention_maps(cfg: RunConfig, model, ds, device: torch.device) -> dict:
     """alpha of a few query images (one per identity); the Baseline gets its activation map."""
@@ -258,6 +274,9 @@ def attention_maps(cfg: RunConfig, model, ds, device: torch.device) -> dict:
     images = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
     arrays = {"images": images.cpu().numpy(), "alpha": alpha.cpu().numpy(),
               "pids": np.array([i[1] for i in items])}
+    occluder = occluder_masks(ds, items, cfg.data.height, cfg.data.width)
+    if occluder is not None:  # the figures outline it (mhsa.study.plots.plot_attention_grid)
+        arrays["occluder"] = occluder
     if "heads" in out:  # P of the same images: the diagnostics' FDRT overlap
         arrays["heads"] = out["heads"].float().cpu().numpy()
     return arrays

@@ -471,12 +471,13 @@ def attention_series(study: Study, fig_id: str, dataset: str) -> list:
 
 
 def _load_attention(runs_dir: Path, cells: list):
-    """(cell id, images, alpha) of the first of `cells` (seeds) that has an attention.npz, else None."""
+    """(cell id, images, alpha, occluder masks or None) of the first of `cells` (seeds) that has an
+    attention.npz, else None (`occluder`: written where the test set has label maps)."""
     for cid in cells:
         path = runs_dir / cid / "attention.npz"
         if path.is_file():
             z = read_attention(path)
-            return cid, z["images"], np.asarray(z["alpha"], dtype=np.float32)
+            return cid, z["images"], np.asarray(z["alpha"], dtype=np.float32), z.get("occluder")
     return None
 
 
@@ -513,12 +514,13 @@ def plot_attention_grid(
         raise FileNotFoundError(f"no attention.npz under {runs_dir} for the series of figure {fig_id} "
                                 f"on {dataset!r} (expected e.g. {runs_dir}/<cell>/attention.npz)")
     imgs = _to_hwc(loaded[0][2])
-    n = min([plot.get("max_images", imgs.shape[0]), imgs.shape[0]] + [a.shape[0] for *_, a in loaded])
+    occluder = loaded[0][4]  # the same query images in every series' cell (one test set)
+    n = min([plot.get("max_images", imgs.shape[0]), imgs.shape[0]] + [a.shape[0] for _, _, _, a, _ in loaded])
     H, W = imgs.shape[1:3]
     groups = max(1, min(per_line, n))
     lines = math.ceil(n / groups)
     cols = 1 + len(loaded)
-    headers = ["query"] + [_column_label(study, label, cid, alpha[:n]) for label, cid, _, alpha in loaded]
+    headers = ["query"] + [_column_label(study, label, cid, alpha[:n]) for label, cid, _, alpha, _ in loaded]
     tile_w = 0.85
     tile_h = tile_w * H / W
     # a narrow empty column between groups
@@ -538,6 +540,8 @@ def plot_attention_grid(
                 # convex between feature pixels and paints stripes that are not in the attention
                 amap = upsample_bilinear(alpha.max(axis=0), H, W)
                 ax.imshow(amap / max(float(amap.max()), 1e-12), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            if occluder is not None and occluder[i].any():
+                ax.contour(occluder[i].astype(float), levels=[0.5], colors="white", linewidths=0.9)
             ax.set_xticks([])
             ax.set_yticks([])
             if line == 0:
@@ -549,8 +553,9 @@ def plot_attention_grid(
     colorbar.set_label("attention, each map scaled to its maximum", fontsize=7)
     bar.xaxis.set_label_position("top")
     bar.tick_params(labelsize=6)
+    outlined = "; white outline: the occluder (the generator's label map)" if occluder is not None else ""
     fig.text(0.5, 0.04 * inch, f"H: mean entropy of each head's map over its "
-             f"positions / log(positions), over the {n} images (1 = uniform, lower = more focused)",
+             f"positions / log(positions), over the {n} images (1 = uniform, lower = more focused){outlined}",
              ha="center", va="bottom", fontsize=6.5, color="#333")
     title = study.config["figures"][fig_id].get("title", "")
     name = DATASET_NAMES.get(dataset, dataset)

@@ -462,6 +462,22 @@ def test_a_labelled_test_set_reports_where_each_head_looks(tmp_path):
     assert share["images"] == metrics["data"]["test"]["occluded_duke"]["queries"]
     assert len(share["heads"]) == 3 and all(abs(sum(h) - 1) < 1e-6 for h in share["heads"])
     assert share["chance"][2] > 0  # every query is occluded
+    # attention.npz keeps where the occluder is in each image it shows (the figures outline it)
+    from mhsa.data.synthetic import read_labels
+
+    with np.load(tmp_path / "out" / "attention.npz") as z:
+        occluder, pids = z["occluder"], z["pids"]
+        assert occluder.shape == (len(pids), *z["images"].shape[2:]) and occluder.dtype == bool
+    labels = read_labels(root)
+    firsts = {}
+    for path, pid, _ in train_mod.datasets.load("occluded_duke", root).query:
+        firsts.setdefault(pid, str(Path(path).relative_to(root)))
+    height, width = occluder.shape[1:]
+    for mask, pid in zip(occluder, pids, strict=True):
+        lab = labels[firsts[int(pid)]] == 2  # generated at 32x16, shown at the cell's input size
+        assert mask.any() and mask.mean() == pytest.approx(lab.mean(), abs=0.05)
+        for y, x in [(0, 0), (height - 1, width - 1), (height // 2, width // 3)]:
+            assert mask[y, x] == lab[y * lab.shape[0] // height, x * lab.shape[1] // width]
     base_over = {**over, "model": {"mhsam": False},
                  "eval": {"targets": {"occluded_duke": {"root": str(root), "modes": ["global"]}}}}
     baseline = train_mod.train_cell(tiny_cfg(root, tmp_path, **base_over), tmp_path / "base")

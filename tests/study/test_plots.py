@@ -327,6 +327,33 @@ def test_attention_grid_labels_colour_bar_and_entropy(tmp_path, study, drawn):
     assert width > height  # fits a screen: the report opens it at its top
 
 
+def test_attention_grid_outlines_the_occluder_where_the_test_set_has_label_maps(tmp_path, study, drawn):
+    """attention.npz's `occluder` masks (a labelled synthetic test set) are drawn as one outline per tile that
+    has an occluder, around its pixels; without masks no outline and no word of one."""
+    cells = dict(P.attention_series(study, "7", "occluded_duke"))
+    occluder = np.zeros((6, 32, 16), bool)
+    occluder[:3, 10:20, 4:12] = True  # three of the six images occluded
+    for with_masks in (True, False):
+        runs = tmp_path / f"runs{with_masks}"
+        for label in cells:
+            d = runs / cells[label][0]
+            d.mkdir(parents=True)
+            extra = {"occluder": occluder} if with_masks else {}
+            np.savez(d / "attention.npz", images=np.zeros((6, 3, 32, 16), np.uint8),
+                     alpha=np.ones((6, 1 if label == "Baseline" else 8, 8, 4), np.float32), **extra)
+        P.plot_attention_grid(study, "7", "occluded_duke", runs, tmp_path / f"fig7{with_masks}.png")
+    with_fig, without_fig = drawn
+    tiles = [ax for ax in with_fig.axes if ax.images]
+    outlined = [ax for ax in tiles if ax.collections]
+    assert len(tiles) == 6 * 4 and len(outlined) == 3 * 4  # query + 3 series columns, the 3 occluded images
+    for ax in outlined:
+        (x0, y0), (x1, y1) = ax.collections[0].get_paths()[0].get_extents().get_points()
+        assert 3 <= x0 <= 4 and 11 <= x1 <= 12 and 9 <= y0 <= 10 and 19 <= y1 <= 20  # around the occluder
+    assert any("white outline: the occluder" in t for t in _texts(with_fig))
+    assert not any(ax.collections for ax in without_fig.axes if ax.images)
+    assert not any("white outline" in t for t in _texts(without_fig))
+
+
 def test_build_all_figures(tmp_path):
     cfg = load_study_config(ROOT / "config.yaml")
     cfg["presets"]["demo"]["tables"] = ["IX"]

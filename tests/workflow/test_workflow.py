@@ -230,5 +230,6 @@ def test_dry_run_of_the_premise_preset_pretrains_once_and_generates_each_occlusi
     wf = copy_workflow(tmp_path)
     proc = snakemake(wf, "-n", "-p", "tables", "--config", "preset=premise")
     counts = job_counts(proc)
-    assert counts == {"train_cell": 27, "synthetic_dataset": 4, "pretrain_backbone": 1, "mlflow_store": 1,
-                      "tables": 1}, counts
+    # Tables II and XIV, and Fig. 7's MHSAB (its Baseline and MHSA-Net are Table II's cells), 3 seeds each
+    assert {k: v for k, v in counts.items() if k != "study"} == {
+        "train_cell": 30, "synthetic_dataset": 4, "pretrain_backbone": 1, "mlflow_store": 1, "tables": 1}, counts
