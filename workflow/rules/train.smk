@@ -40,7 +40,9 @@ rule pretrain_backbone:
         f"{RESULTS}/benchmarks/pretrain.tsv"
     conda:
         "../../envs/mhsa.yaml"
-    threads: workflow.cores
+    # up to 8 cores: Snakemake caps a job's threads at --cores (--set-threads pretrain_backbone=N
+    # changes it; `workflow.cores` here would fail `snakemake --report`, which takes no --cores)
+    threads: 8
     resources:
         gpu=1,
     params:
