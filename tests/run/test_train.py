@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -394,7 +395,8 @@ def test_evaluation_asks_for_no_autocast_whatever_the_cells_amp(data_root, tmp_p
     monkeypatch.setattr(train_mod, "evaluate_modes_per_query", lambda *a, **k: ({}, {}))
     for amp in ("bf16", "fp16"):
         cfg = tiny_cfg(data_root, tmp_path, amp=amp)
-        train_mod.evaluate_cell(cfg, None, {"market1501": (None, ["global"])}, torch.device("cuda"))
+        ds = SimpleNamespace(query=[], gallery=[])  # test_batches is replaced: no image is read
+        train_mod.evaluate_cell(cfg, None, {"market1501": (ds, ["global"])}, torch.device("cuda"))
     assert len(seen) == 4 and all(kw.get("amp_dtype") is None for kw in seen), seen
     assert all(kw["channels_last"] for kw in seen)  # channels_last stays on CUDA
 

@@ -65,8 +65,7 @@ def test_cell_overrides_carry_only_the_cells_knobs(config):
     ({"row": "x", "variant": "mhsam", "compare_to": "x"}, "compare_to 'x' is not another row"),
 ])
 def test_bad_rows_are_named(config, row, message):
-    cfg = dict(config)
-    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[row])}
+    cfg = _with(config, tables={"II": dict(config["tables"]["II"], rows=[row])})
     with pytest.raises(StudyError, match=message):
         build_study(cfg, "paper")
 
@@ -76,8 +75,14 @@ def test_table_numbers():
 
 
 def _with(config, **sections):
+    """config with `sections` replaced; with `tables`, each preset's table list keeps only those that remain
+    (the paper preset names its tables: I-XIII, not the premise preset's XIV)."""
     cfg = copy.deepcopy(config)
     cfg.update(sections)
+    if "tables" in sections:
+        for preset in cfg["presets"].values():
+            if "tables" in preset:
+                preset["tables"] = [t for t in preset["tables"] if t in cfg["tables"]]
     return cfg
 
 
@@ -227,10 +232,8 @@ def test_authors_rows_merge_into_the_variant_and_ids_are_deterministic(config):
     odd = {"loss.distance": "euclidean", "loss.competition_threshold": 0.5}
     assert authors_suffix(odd) == authors_suffix(dict(reversed(odd.items()))) and \
         authors_suffix(odd).startswith("-a.") and len(authors_suffix(odd)) == 3 + 8
-    cfg = copy.deepcopy(config)
-    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[
-        {"row": "x", "variant": "mhsa_net_authors", "authors": {"loss.distance": "squared"}}])}
-    cfg["figures"] = {}
+    cfg = _with(config, tables={"II": dict(config["tables"]["II"], rows=[
+        {"row": "x", "variant": "mhsa_net_authors", "authors": {"loss.distance": "squared"}}])}, figures={})
     (cell,) = build_study(cfg, "paper").cells.values()
     assert cell.knobs["authors"]["loss.distance"] == "squared"  # the row's value wins
     assert cell.knobs["authors"]["model.attention_softmax"] == "positions"  # the variant's keys stay
@@ -247,9 +250,8 @@ def test_authors_rows_merge_into_the_variant_and_ids_are_deterministic(config):
     ({"loss.lambda3": 1.0}, r"Table II / x: authors: 'loss\.lambda3' is set by a knob"),
 ])
 def test_bad_authors_keys_are_rejected_naming_the_row(config, authors, message):
-    cfg = copy.deepcopy(config)
-    cfg["tables"] = {"II": dict(config["tables"]["II"], rows=[{"row": "x", "variant": "mhsa_net",
-                                                               "authors": authors}])}
+    cfg = _with(config, tables={"II": dict(config["tables"]["II"], rows=[{"row": "x", "variant": "mhsa_net",
+                                                                         "authors": authors}])})
     with pytest.raises(StudyError, match=message):
         build_study(cfg, "paper")
 

@@ -30,4 +30,4 @@ def test_snakemake_dry_run_of_the_sanity_preset(tmp_path, copy_workflow):
 
     wf = copy_workflow(tmp_path)
     counts = job_counts(snakemake(wf, "-n", "tables", "--config", "preset=sanity"))
-    assert counts == {"train_cell": 9, "mlflow_store": 1, "tables": 1, "synthetic_dataset": 1}
+    assert counts == {"train_cell": 9, "mlflow_store": 1, "study": 1, "tables": 1, "synthetic_dataset": 1}
