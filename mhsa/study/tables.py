@@ -29,6 +29,7 @@ from mhsa.config import build_run_config, config_diff, weights_config
 from mhsa.errors import ResultsError, cli_errors
 from mhsa.io import atomic_write_text
 from mhsa.run.results import raise_all, read_metrics
+from mhsa.study.attention_table import write_attention_share
 from mhsa.study.build import Study, build_study, cell_overrides, load_study_config, table_number
 from mhsa.study.uncertainty import LEVEL, N_RESAMPLES, PAIRED, SEED, WELCH, Uncertainty
 from mhsa.study.welch import welch
@@ -627,6 +628,9 @@ def build_all(
         n = table_number(tid)
         files = " ".join(f"[{ext}](table_{n}.{ext})" for ext in TABLE_FORMATS)
         summary.append(f"| {tid} | {title} | {int((done > 0).sum())}/{len(done)} | {noise} | {files} |")
+    if write_attention_share(study, metrics, out_dir):  # label-mapped synthetic test sets only
+        summary += ["", "Where the attention goes (background / body / occluder, per row): "
+                    "[md](attention_share.md) [csv](attention_share.csv)"]
     summary.append("")
     atomic_write_text(out_dir / "summary.md", "\n".join(summary))
     return frames
