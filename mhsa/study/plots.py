@@ -309,6 +309,24 @@ def _sweep_legend(palette: dict, references: dict) -> list:
     return handles
 
 
+def group_names(study: Study, panel: SweepPanel) -> dict:
+    """A sweep panel's group value -> its legend name: the rows' common name where every row of the group is
+    named "<name>, <x>" (e.g. "Baseline, 35 %" -> "Baseline"), else "<knob>=<value>"."""
+    if not panel.group:
+        return {}
+    rows: dict = {}
+    for r in panel.rows + panel.reference:
+        rows.setdefault(study.cells[r.cells[0]].knobs[panel.group], []).append(r.row)
+    out = {}
+    for value, names in rows.items():
+        heads = {n.rsplit(", ", 1)[0] for n in names if ", " in n}
+        whole = len(heads) == 1 and all(", " in n for n in names)
+        out[value] = heads.pop() if whole else f"{panel.group}={value}"
+    if len(set(out.values())) < len(out):  # two groups under one name: say the knob instead
+        out = {value: f"{panel.group}={value}" for value in out}
+    return out
+
+
 def plot_param_sweep(
     study: Study, table_id: str, metrics: dict, paper: pd.DataFrame, out_path: str | Path
 ) -> Path:
@@ -324,9 +342,11 @@ def plot_param_sweep(
     frames = []
     for i, panel in enumerate(panels):
 
-        def info(r, panel=panel):
+        names = group_names(study, panel)
+
+        def info(r, panel=panel, names=names):
             k = study.cells[r.cells[0]].knobs
-            return {"x": float(k[panel.x]), "group": f"{panel.group}={k[panel.group]}" if panel.group else "ours"}
+            return {"x": float(k[panel.x]), "group": names[k[panel.group]] if panel.group else "ours"}
 
         groups = list(dict.fromkeys(info(r)["group"] for r in panel.rows + panel.reference)) or ["ours"]
         ctx = {"info": info, "paper": _paper_lookup(paper), "metrics": metrics,

@@ -434,3 +434,19 @@ def test_figure_points_and_error_bars_are_the_tables_numbers_and_intervals(tmp_p
             for seg in c.lines[2][0].get_segments() for (x, lo), (_, hi) in [seg]}
     assert bars == {(k, round(iv.low, 6), round(iv.high, 6)) for (k, _), iv in want.items() if iv.n_seeds == 2}
     assert any(iv.n_seeds == 1 for iv in want.values())  # K=6's seed-1 cell is missing: a point, no bar
+
+
+def test_sweep_groups_are_named_by_their_rows_where_the_rows_say_it():
+    """Table XIV's groups are `mhsam` False/True: named by their rows ("Baseline, 35 %" -> "Baseline"), not
+    "mhsam=False"; groups whose rows are not named "<name>, <x>" keep "<knob>=<value>"."""
+    from mhsa.study.figure_specs import sweep_panels
+
+    premise = build_study(load_study_config(ROOT / "config.yaml"), "premise")
+    (panel,) = sweep_panels(premise, "XIV")
+    assert P.group_names(premise, panel) == {False: "Baseline", True: "MHSA-Net (K=8)"}
+    renamed = load_study_config(ROOT / "config.yaml")
+    for row in renamed["tables"]["XIV"]["rows"]:
+        row["row"] = row["row"].replace(", ", " at ")
+    other = build_study(renamed, "premise")
+    (panel,) = sweep_panels(other, "XIV")
+    assert P.group_names(other, panel) == {False: "mhsam=False", True: "mhsam=True"}
