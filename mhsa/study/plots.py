@@ -293,19 +293,20 @@ def _sweep_axis(ax, table_id: str, panel: SweepPanel, dataset: str, metric: str,
     _ax_labels(ax, f"{DATASET_NAMES.get(dataset, dataset)} {METRIC_NAMES.get(metric, metric)}", panel.label, metric)
 
 
-def _sweep_legend(palette: dict, references: dict) -> list:
-    """Handles per group: ours, the paper's, and the group's reference rows by name (`references`:
-    group -> the row names drawn as horizontal lines, e.g. "Baseline+MHSAM")."""
+def _sweep_legend(palette: dict, references: dict, with_paper: dict) -> list:
+    """Handles per group of what the panel draws: ours; the paper's where it has numbers for the group
+    (`with_paper`: group -> bool); the group's reference rows by name where it has any (`references`: group ->
+    the row names drawn as horizontal lines, e.g. "Baseline+MHSAM")."""
     handles = []
     for g, color in palette.items():
         label = "" if g == "ours" else f"{g} "
-        ref = " / ".join(references.get(g, [])) or "reference row"
-        handles += [
-            plt.Line2D([], [], color=color, marker="o", label=f"{label}ours"),
-            plt.Line2D([], [], color=color, marker="*", linestyle="--", label=f"{label}paper"),
-            plt.Line2D([], [], color=color, linestyle=":", label=f"{ref} (paper)"),
-            plt.Line2D([], [], color=color, linestyle="-", linewidth=0.8, alpha=0.5, label=f"{ref} (ours)"),
-        ]
+        handles.append(plt.Line2D([], [], color=color, marker="o", label=f"{label}ours"))
+        if with_paper.get(g):
+            handles.append(plt.Line2D([], [], color=color, marker="*", linestyle="--", label=f"{label}paper"))
+        if references.get(g):
+            ref = " / ".join(references[g])
+            handles += [plt.Line2D([], [], color=color, linestyle=":", label=f"{ref} (paper)"),
+                        plt.Line2D([], [], color=color, linestyle="-", linewidth=0.8, alpha=0.5, label=f"{ref} (ours)")]
     return handles
 
 
@@ -357,8 +358,11 @@ def plot_param_sweep(
             _sweep_axis(axes[i][j], table_id, panel, d, m, ctx)
         references = {g: list(dict.fromkeys(r.row for r in panel.reference if info(r)["group"] == g))
                       for g in ctx["palette"]}
+        with_paper = {g: any(ctx["paper"].get((table_id, r.row, r.dataset, m)) is not None
+                             for r in panel.rows if info(r)["group"] == g for m in spec["metrics"])
+                      for g in ctx["palette"]}
         labels = {h.get_label() for h in handles}
-        handles += [h for h in _sweep_legend(ctx["palette"], references) if h.get_label() not in labels]
+        handles += [h for h in _sweep_legend(ctx["palette"], references, with_paper) if h.get_label() not in labels]
     fig.legend(handles=handles, loc="center right", fontsize=7)
     ours = pd.concat([f for f in frames if len(f)]) if any(len(f) for f in frames) else frames[0]
     fig.text(0.01, 0.005, f"ours: {interval_label(ours)}", fontsize=7, color="#333", ha="left", va="bottom")

@@ -450,3 +450,11 @@ def test_sweep_groups_are_named_by_their_rows_where_the_rows_say_it():
     other = build_study(renamed, "premise")
     (panel,) = sweep_panels(other, "XIV")
     assert P.group_names(other, panel) == {False: "mhsam=False", True: "mhsam=True"}
+
+
+def test_a_sweep_legend_lists_only_what_its_panels_draw(tmp_path, drawn):
+    """Table XIV has no paper numbers and no reference rows: its legend has ours per group, nothing else."""
+    premise = build_study(load_study_config(ROOT / "config.yaml"), "premise")
+    P.plot_param_sweep(premise, "XIV", {}, load_paper(), tmp_path / "xiv.png")
+    (fig,) = drawn
+    assert [h.get_label() for h in fig.legends[0].legend_handles] == ["Baseline ours", "MHSA-Net (K=8) ours"]
