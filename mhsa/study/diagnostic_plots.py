@@ -1,4 +1,4 @@
-"""Figures of the cell diagnostics (issue 14): one figure per cell family (the seeds of one
+"""Figures of the cell diagnostics (docs/demo-study.md, "Diagnostics"): one figure per cell family (the seeds of one
 configuration) and the "Rank-1 vs occlusion" sanity curve. Drawn from ``mhsa.evaluation.diagnostics`` dicts
 (metrics.json's ``diagnostics`` entry), never imported by training.
 
